@@ -1,0 +1,156 @@
+//! Command-line interface: what each command does, with examples, in `--help`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// graft builds live patches for running Linux kernels from source patches, proves them
+/// against the exact kernel binary, tests them in a VM of that kernel, and applies them.
+#[derive(Debug, Parser)]
+#[command(
+    name = "graft",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+#[command(
+    after_help = "Start with `graft kernel fetch` (downloads and prepares the default target), \
+then `graft lab run -- 'cat /proc/version'`.\nLogging: -v, -vv, or GRAFT_LOG=debug. Cache: GRAFT_CACHE (default ~/.cache/graft)."
+)]
+pub struct Cli {
+    /// More log output (-v: info, -vv: debug); GRAFT_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Target kernels: fetch one into the cache, describe it, look up its symbols.
+    #[command(subcommand)]
+    Kernel(KernelCommand),
+    /// The lab: boot a target kernel in QEMU and run a script in it.
+    #[command(subcommand)]
+    Lab(LabCommand),
+}
+
+/// Which kernel to work on.
+#[derive(Debug, Args)]
+pub struct KernelArg {
+    /// The target kernel, `<provider>:<release>`; Debian is the provider today.
+    #[arg(long = "kernel", value_name = "TARGET", default_value = graft_kernel::DEFAULT_TARGET, env = "GRAFT_KERNEL")]
+    pub target: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KernelCommand {
+    /// Download a target's packages with apt and prepare everything graft needs.
+    ///
+    /// Fetches the image (vmlinuz, config, modules), headers with kbuild, and source packages
+    /// of the target with `apt-get download` (nothing is installed system-wide), verifies them
+    /// against apt's SHA-256, unpacks them into the cache, prepares the source tree with the
+    /// distribution's config (olddefconfig + prepare), extracts the code image (vmlinux), reads
+    /// every module's symbols, and boots the kernel once in the lab without KASLR to read
+    /// /proc/kallsyms, the authoritative symbol order for livepatch positions.
+    ///
+    /// Each stage is all-or-nothing; a fetch that was interrupted is finished by the next one,
+    /// and fetching a complete target does nothing.
+    #[command(after_help = "Example: graft kernel fetch --kernel debian:6.1.0-56-amd64")]
+    Fetch {
+        #[command(flatten)]
+        kernel: KernelArg,
+        /// Throw away the cached target and fetch it again.
+        #[arg(long)]
+        refresh: bool,
+        /// Print a JSON report instead of progress.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Describe a fetched target: release, build-id, compiler, key config, symbols, cache.
+    Info {
+        #[command(flatten)]
+        kernel: KernelArg,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Look up symbols with their livepatch positions (sympos).
+    ///
+    /// A name that occurs more than once in an object needs its position to be patched; sympos
+    /// 0 means the name is unique.
+    #[command(
+        after_help = "Example: graft kernel symbols cmdline_proc_show\n         graft kernel symbols --module isofs isofs_lookup"
+    )]
+    Symbols {
+        #[command(flatten)]
+        kernel: KernelArg,
+        /// Look in this module of the image instead of vmlinux.
+        #[arg(long, value_name = "NAME")]
+        module: Option<String>,
+        /// Symbol names.
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Boot the target under QEMU (TCG), run SCRIPT as root in the guest, exit with its status.
+    ///
+    /// The guest is a busybox initramfs with /proc, /sys, /dev, debugfs mounted, the graft
+    /// binary as /usr/bin/graft, the given files, and the given modules of the target (with
+    /// their dependencies) under /lib/modules, loadable with `modprobe NAME`. The script's
+    /// output is streamed as it runs; the guest kernel log is saved, and printed with
+    /// --show-dmesg.
+    ///
+    /// Exit status: the script's own, or 124 when the script ran past --timeout, 125 when the
+    /// guest kernel panicked, 126 when the guest never reached the script or stopped on its own,
+    /// 1 for any other error (bad arguments, missing QEMU, ...).
+    #[command(
+        after_help = "Examples:\n  graft lab run -- 'cat /proc/version'\n  graft lab run --module isofs -- 'modprobe isofs && lsmod'\n  graft lab run --file fix.ko:/root/fix.ko -- 'insmod /root/fix.ko'"
+    )]
+    Run(LabRunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LabRunArgs {
+    #[command(flatten)]
+    pub kernel: KernelArg,
+    /// Copy a host file into the guest (default destination: /root/<file name>).
+    #[arg(long = "file", value_name = "SRC[:DEST]")]
+    pub files: Vec<String>,
+    /// Add a module of the target, with its dependencies.
+    #[arg(long = "module", value_name = "NAME")]
+    pub modules: Vec<String>,
+    /// Seconds the script may run once the guest has booted.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub timeout: u64,
+    /// Seconds the guest may take to boot to the script.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub boot_timeout: u64,
+    /// Extra kernel command line, e.g. `nokaslr`.
+    #[arg(long, value_name = "EXTRA", default_value = "")]
+    pub cmdline: String,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    pub memory: u32,
+    /// Print the guest kernel log after the run.
+    #[arg(long)]
+    pub show_dmesg: bool,
+    /// Do not put the graft binary into the guest.
+    #[arg(long)]
+    pub no_graft: bool,
+    /// Read the script from this file instead of the command line.
+    #[arg(long, value_name = "FILE", conflicts_with = "script")]
+    pub script_file: Option<PathBuf>,
+    /// Capture the script's output and print one JSON report at the end.
+    #[arg(long)]
+    pub json: bool,
+    /// The shell script to run (words are joined with spaces).
+    #[arg(last = true, value_name = "SCRIPT")]
+    pub script: Vec<String>,
+}

@@ -1,0 +1,58 @@
+//! The `graft` command: parses arguments, runs the subcommand, maps failures to exit codes.
+
+mod cli;
+mod kernel_cmd;
+mod lab_cmd;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("graft: error: {error:#}");
+            ExitCode::from(exit_code_of(&error))
+        }
+    }
+}
+
+fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        cli::Command::Kernel(cmd) => kernel_cmd::run(cmd),
+        cli::Command::Lab(cmd) => lab_cmd::run(cmd),
+    }
+}
+
+/// Lab outcomes have their own statuses so automation can tell them apart from the script's.
+fn exit_code_of(error: &anyhow::Error) -> u8 {
+    use graft_lab::LabError;
+    let lab = error.chain().find_map(|e| e.downcast_ref::<LabError>());
+    match lab {
+        Some(LabError::ScriptTimeout { .. }) => lab_cmd::EXIT_TIMEOUT,
+        Some(LabError::KernelPanic { .. }) => lab_cmd::EXIT_PANIC,
+        Some(LabError::NeverReachedScript { .. } | LabError::GuestStopped { .. }) => {
+            lab_cmd::EXIT_GUEST_FAILED
+        }
+        _ => 1,
+    }
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_env("GRAFT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
