@@ -11,6 +11,7 @@ mod config;
 mod fetch;
 mod image;
 mod info;
+mod kbuild;
 mod kernel;
 pub mod known;
 mod modules;
@@ -93,6 +94,18 @@ pub enum KernelError {
     PrepareFailed {
         /// The make target.
         step: String,
+        /// make's exit status.
+        status: String,
+        /// The last lines of the log.
+        tail: String,
+        /// The full log.
+        log: PathBuf,
+    },
+    /// Building an out-of-tree module failed.
+    #[error("building the module in {} against the target's kbuild failed (exit {status}); log: {}\n{tail}", dir.display(), log.display())]
+    ModuleBuildFailed {
+        /// The build directory.
+        dir: PathBuf,
         /// make's exit status.
         status: String,
         /// The last lines of the log.

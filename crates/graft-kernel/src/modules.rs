@@ -177,7 +177,9 @@ fn modinfo<'a>(path: &Path, data: &'a [u8]) -> Result<Vec<(&'a str, &'a str)>, K
 ///
 /// The loader keeps, in symbol-table order, the symbols that are defined, named, and either in
 /// the per-cpu section or in an allocated section outside `.init*` (kernel/module/kallsyms.c,
-/// `is_core_symbol`, with CONFIG_KALLSYMS_ALL as the targets graft supports have it).
+/// `is_core_symbol`, with CONFIG_KALLSYMS_ALL as the targets graft supports have it). Before
+/// that, it drops the allocation flag of `.modinfo` and `__versions`, which it reads but does
+/// not keep (kernel/module/main.c, `rewrite_section_headers`).
 pub fn module_symbols(path: &Path, data: &[u8]) -> Result<SymbolTable, KernelError> {
     let bad = |reason: String| KernelError::BadModule {
         path: path.to_path_buf(),
@@ -214,7 +216,8 @@ pub fn module_symbols(path: &Path, data: &[u8]) -> Result<SymbolTable, KernelErr
             let name = sections
                 .section_name(endian, section)
                 .map_err(|e| bad(format!("bad section name: {e}")))?;
-            if flags & u64::from(elf::SHF_ALLOC) == 0 || name.starts_with(b".init") {
+            let dropped = name == b".modinfo" || name == b"__versions";
+            if flags & u64::from(elf::SHF_ALLOC) == 0 || dropped || name.starts_with(b".init") {
                 continue;
             }
         }

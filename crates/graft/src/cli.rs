@@ -33,6 +33,14 @@ pub enum Command {
     /// The lab: boot a target kernel in QEMU and run a script in it.
     #[command(subcommand)]
     Lab(LabCommand),
+    /// Show the whole path on a target: fetch, build a livepatch, watch it go live in a VM.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub kernel: KernelArg,
 }
 
 /// Which kernel to work on.

@@ -1,6 +1,7 @@
 //! The `graft` command: parses arguments, runs the subcommand, maps failures to exit codes.
 
 mod cli;
+mod demo_cmd;
 mod kernel_cmd;
 mod lab_cmd;
 mod progress;
@@ -25,6 +26,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         cli::Command::Kernel(cmd) => kernel_cmd::run(cmd),
         cli::Command::Lab(cmd) => lab_cmd::run(cmd),
+        cli::Command::Demo(args) => demo_cmd::run(&args.kernel.target),
     }
 }
 
