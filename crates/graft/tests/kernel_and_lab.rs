@@ -3,6 +3,12 @@
 //! They use the normal cache (`GRAFT_CACHE` or `~/.cache/graft`), so the first test to run
 //! fetches the default target and the rest reuse it; fetching is locked and idempotent.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a panic in a test is a failed assertion with a backtrace"
+)]
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
