@@ -119,7 +119,7 @@ fn fetch_locked(
     }
     tracing::info!("fetching {target} into {}", entry.dir().display());
     let packages = Packages::resolve(target)?;
-    check_space(entry.dir())?;
+    check_space(entry.dir(), NEEDED_MIB)?;
     let dir = entry.dir().to_path_buf();
     let downloads = dir.join("downloads");
     let mut fetcher = Fetcher {
@@ -351,16 +351,16 @@ fn remove_file(path: &Path) {
     }
 }
 
-fn check_space(dir: &Path) -> Result<(), KernelError> {
+fn check_space(dir: &Path, needed_mib: u64) -> Result<(), KernelError> {
     fs::create_dir_all(dir).map_err(|e| KernelError::io("creating", dir, e))?;
     let stat = rustix::fs::statvfs(dir)
         .map_err(|e| KernelError::io("checking free space of", dir, e.into()))?;
     let free_mib = stat.f_bavail.saturating_mul(stat.f_frsize) >> 20;
-    if free_mib < NEEDED_MIB {
+    if free_mib < needed_mib {
         return Err(KernelError::NoSpace {
             dir: dir.to_path_buf(),
             free_mib,
-            needed_mib: NEEDED_MIB,
+            needed_mib,
         });
     }
     Ok(())
@@ -425,7 +425,10 @@ fn prepare(
         .map_err(|e| KernelError::io("opening", &log, e))?;
     let step = args.last().copied().unwrap_or("prepare").to_string();
     let mut task = progress.start(&format!("make {step}"), None, Unit::Items);
-    let mut child = Command::new("make")
+    let mut make = Command::new("make");
+    // A killed fetch must not leave make writing into a tree the next fetch is removing.
+    graft_lab::kill_with_parent(&mut make);
+    let mut child = make
         .arg("-C")
         .arg(tree)
         .args(vars)
@@ -545,4 +548,23 @@ fn boot_for_symbols(
     }
     task.finish(&format!("{} vmlinux symbols", table.len()));
     Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_little_space_is_refused_with_the_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        check_space(dir.path(), 1).unwrap();
+        let err = check_space(dir.path(), u64::MAX >> 21)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("MiB free; fetching a kernel needs about"),
+            "{err}"
+        );
+        assert!(err.contains("set GRAFT_CACHE to a larger disk"), "{err}");
+    }
 }

@@ -20,7 +20,7 @@ mod initramfs;
 mod run;
 
 pub use initramfs::Initramfs;
-pub use run::{GuestFile, GuestModule, Lab, LabKernel, Outcome, RunSpec};
+pub use run::{kill_with_parent, GuestFile, GuestModule, Lab, LabKernel, Outcome, RunSpec};
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -118,6 +118,8 @@ impl std::fmt::Debug for Lab {
 }
 
 const QEMU: &str = "qemu-system-x86_64";
+/// How long held-back output may wait for the rest of a possible marker.
+const IDLE_FLUSH: Duration = Duration::from_millis(30);
 /// Kept logs of earlier runs; older ones are deleted.
 const KEPT_LOGS: usize = 50;
 
@@ -200,7 +202,12 @@ impl Lab {
                 None => boot_deadline,
                 Some(at) => at + spec.timeout,
             };
-            let wait = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.saturating_duration_since(Instant::now());
+            let wait = if scanner.pending.is_empty() {
+                left
+            } else {
+                left.min(IDLE_FLUSH)
+            };
             match events.recv_timeout(wait) {
                 Ok(Some(chunk)) => {
                     for event in scanner.feed(&chunk) {
@@ -215,6 +222,9 @@ impl Lab {
                     }
                 }
                 Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
+                    output(&scanner.flush());
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     qemu.kill();
                     output(&scanner.flush());
@@ -483,8 +493,9 @@ fn find_in_path(program: &str) -> Option<PathBuf> {
     })
 }
 
-/// Makes the kernel kill QEMU if graft dies, even by SIGKILL, so no VM outlives its run.
-fn kill_with_parent(command: &mut Command) {
+/// Makes the kernel kill the child if graft dies, even by SIGKILL: no VM (or build) outlives
+/// the command that started it.
+pub fn kill_with_parent(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure runs in the forked child before exec; it only calls prctl(2), which is
     // async-signal-safe, and touches no memory shared with the parent.
@@ -572,77 +583,95 @@ enum Event {
     Exit(i32),
 }
 
-/// Splits the protocol port's byte stream into script output and init markers. A marker is
-/// `\n@@graft-<nonce>:<body>\n`; the newline before it belongs to the marker, so script output
-/// is passed through byte for byte.
+/// Splits the protocol port's byte stream into script output and init markers.
+///
+/// A marker is `@@graft-<nonce>:<body>` on a line of its own; `/init` prints a newline before
+/// it, which belongs to the marker, so script output passes through byte for byte. Bytes that
+/// could be the start of a marker are held back, but only until the stream goes quiet
+/// ([`Scanner::flush`]), so a script's output is never delayed waiting for more.
 struct Scanner {
-    token: Vec<u8>,
+    marker: Vec<u8>,
     pending: Vec<u8>,
+    at_line_start: bool,
 }
 
 impl Scanner {
     fn new(nonce: &str) -> Self {
         Self {
-            token: format!("\n@@graft-{nonce}:").into_bytes(),
+            marker: format!("@@graft-{nonce}:").into_bytes(),
             pending: Vec::new(),
+            at_line_start: true,
         }
+    }
+
+    fn emit(&mut self, events: &mut Vec<Event>, upto: usize, skip: usize) {
+        if upto > 0 {
+            let bytes: Vec<u8> = self.pending[..upto].to_vec();
+            self.at_line_start = bytes.last() == Some(&b'\n');
+            events.push(Event::Output(bytes));
+        }
+        self.pending.drain(..upto + skip);
+    }
+
+    /// The first marker that starts a line, as (start of the line break before it, or the
+    /// marker itself when it opens the stream, marker start).
+    fn find_marker(&self) -> Option<(usize, usize)> {
+        let m = &self.marker;
+        if self.at_line_start && self.pending.starts_with(m) {
+            return Some((0, 0));
+        }
+        self.pending
+            .windows(m.len() + 1)
+            .position(|w| w[0] == b'\n' && &w[1..] == m.as_slice())
+            .map(|at| (at, at + 1))
     }
 
     fn feed(&mut self, data: &[u8]) -> Vec<Event> {
         self.pending.extend_from_slice(data);
         let mut events = Vec::new();
         loop {
-            match find(&self.pending, &self.token) {
-                Some(at) => {
-                    let body_at = at + self.token.len();
-                    let Some(end) = self.pending[body_at..].iter().position(|&b| b == b'\n') else {
-                        if at > 0 {
-                            events.push(Event::Output(self.pending.drain(..at).collect()));
-                        }
-                        return events;
-                    };
-                    if at > 0 {
-                        events.push(Event::Output(self.pending[..at].to_vec()));
+            let Some((cut, start)) = self.find_marker() else {
+                // Hold back a trailing line break and what follows it if it may become a marker.
+                let keep = match self.pending.iter().rposition(|&b| b == b'\n') {
+                    Some(nl) if self.marker.starts_with(&self.pending[nl + 1..]) => {
+                        self.pending.len() - nl
                     }
-                    let body =
-                        String::from_utf8_lossy(&self.pending[body_at..body_at + end]).into_owned();
-                    self.pending.drain(..body_at + end + 1);
-                    if body == "ready" {
-                        events.push(Event::Ready);
-                    } else if let Some(code) = body
-                        .strip_prefix("exit:")
-                        .and_then(|c| c.trim().parse().ok())
-                    {
-                        events.push(Event::Exit(code));
+                    None if self.at_line_start && self.marker.starts_with(&self.pending) => {
+                        self.pending.len()
                     }
-                }
-                None => {
-                    let keep = partial_suffix(&self.pending, &self.token);
-                    let emit = self.pending.len() - keep;
-                    if emit > 0 {
-                        events.push(Event::Output(self.pending.drain(..emit).collect()));
-                    }
-                    return events;
-                }
+                    _ => 0,
+                };
+                let upto = self.pending.len() - keep;
+                self.emit(&mut events, upto, 0);
+                return events;
+            };
+            let body_at = start + self.marker.len();
+            let Some(len) = self.pending[body_at..].iter().position(|&b| b == b'\n') else {
+                self.emit(&mut events, cut, 0);
+                return events;
+            };
+            let body = String::from_utf8_lossy(&self.pending[body_at..body_at + len]).into_owned();
+            self.emit(&mut events, cut, body_at + len + 1 - cut);
+            self.at_line_start = true;
+            if body == "ready" {
+                events.push(Event::Ready);
+            } else if let Some(code) = body
+                .strip_prefix("exit:")
+                .and_then(|c| c.trim().parse().ok())
+            {
+                events.push(Event::Exit(code));
             }
         }
     }
 
+    /// Releases held-back bytes: the stream went quiet, so they were not a marker's start.
     fn flush(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.pending)
+        let bytes = std::mem::take(&mut self.pending);
+        if let Some(&last) = bytes.last() {
+            self.at_line_start = last == b'\n';
+        }
+        bytes
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Length of the longest suffix of `data` that is a proper prefix of `token`.
-fn partial_suffix(data: &[u8], token: &[u8]) -> usize {
-    (1..token.len().min(data.len() + 1))
-        .rev()
-        .find(|&n| data[data.len() - n..] == token[..n])
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -671,6 +700,20 @@ mod tests {
         assert!(events.contains(&Event::Exit(3)));
         assert_eq!(output_of(&events), b"hello\nno newline");
         assert!(s.flush().is_empty());
+    }
+
+    /// A finished line must reach the caller at once, not when the next output arrives.
+    #[test]
+    fn a_complete_line_is_not_held_until_more_output() {
+        let mut s = Scanner::new("n1");
+        let mut out = output_of(&s.feed(b"\n@@graft-n1:ready\nstarted\n"));
+        // The trailing newline may begin a marker; it is released once the stream is quiet.
+        out.extend(s.flush());
+        assert_eq!(out, b"started\n");
+        // The init's newline before the exit marker was already released: the marker is still
+        // recognised at the start of the line.
+        let events = s.feed(b"@@graft-n1:exit:0\n");
+        assert_eq!(events, [Event::Exit(0)]);
     }
 
     #[test]
