@@ -23,24 +23,22 @@ pub enum CacheError {
     #[error("cannot choose a cache directory: set GRAFT_CACHE or HOME")]
     NoRoot,
     /// A filesystem operation failed.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}: {cause}")]
     Io {
         /// What was being done ("creating", "locking", ...).
         action: &'static str,
         /// The path it was done to.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     /// A stage's builder failed; the partial product has been removed.
-    #[error("{stage}: {source}")]
+    #[error("{stage}: {cause}")]
     Stage {
         /// The stage's name.
         stage: String,
         /// What the builder reported.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        cause: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -49,7 +47,7 @@ impl CacheError {
         CacheError::Io {
             action,
             path: path.to_path_buf(),
-            source,
+            cause: source,
         }
     }
 }
@@ -215,13 +213,13 @@ impl EntryLock<'_> {
             let _ = remove_any(&partial);
             return Err(CacheError::Stage {
                 stage: stage.to_string(),
-                source: e.into(),
+                cause: e.into(),
             });
         }
         if !partial.exists() {
             return Err(CacheError::Stage {
                 stage: stage.to_string(),
-                source: format!("the builder did not create {}", partial.display()).into(),
+                cause: format!("the builder did not create {}", partial.display()).into(),
             });
         }
         fs::rename(&partial, &product).map_err(|e| CacheError::io("renaming", &partial, e))?;
@@ -251,7 +249,7 @@ impl EntryLock<'_> {
             let _ = remove_any(&product);
             return Err(CacheError::Stage {
                 stage: stage.to_string(),
-                source: e.into(),
+                cause: e.into(),
             });
         }
         write_atomic(&marker, b"done\n")?;

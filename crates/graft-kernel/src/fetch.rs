@@ -318,15 +318,16 @@ impl Fetcher<'_, '_> {
 /// Stage failures wrap the builder's error; surface a `KernelError` as itself.
 fn unwrap_stage_error(error: graft_cache::CacheError) -> KernelError {
     match error {
-        graft_cache::CacheError::Stage { stage, source } => {
-            match source.downcast::<KernelError>() {
-                Ok(inner) => *inner,
-                Err(other) => KernelError::Cache(graft_cache::CacheError::Stage {
-                    stage,
-                    source: other,
-                }),
-            }
-        }
+        graft_cache::CacheError::Stage {
+            stage,
+            cause: source,
+        } => match source.downcast::<KernelError>() {
+            Ok(inner) => *inner,
+            Err(other) => KernelError::Cache(graft_cache::CacheError::Stage {
+                stage,
+                cause: other,
+            }),
+        },
         other => KernelError::Cache(other),
     }
 }
@@ -490,9 +491,9 @@ fn boot_for_symbols(
     text_address: u64,
     build_id: &str,
 ) -> Result<SymbolTable, KernelError> {
-    let lab = Lab::new(cache.clone(), progress.clone()).map_err(|source| KernelError::Lab {
+    let lab = Lab::new(cache.clone(), progress.clone()).map_err(|cause| KernelError::Lab {
         target: target.to_string(),
-        source,
+        cause,
     })?;
     let kernel = graft_lab::LabKernel {
         release: target.release.clone(),
@@ -512,9 +513,9 @@ fn boot_for_symbols(
             output.extend_from_slice(bytes);
             task.set(output.len() as u64);
         })
-        .map_err(|source| KernelError::Lab {
+        .map_err(|cause| KernelError::Lab {
             target: target.to_string(),
-            source,
+            cause,
         })?;
     let text = String::from_utf8_lossy(&output);
     if outcome.exit_code != 0 {

@@ -61,13 +61,12 @@ pub enum KernelError {
     #[error(transparent)]
     Cache(#[from] graft_cache::CacheError),
     /// The lab failed while reading the kernel's symbols.
-    #[error("booting {target} to read its symbols failed: {source}")]
+    #[error("booting {target} to read its symbols failed: {cause}")]
     Lab {
         /// The target.
         target: String,
         /// What the lab reported.
-        #[source]
-        source: graft_lab::LabError,
+        cause: graft_lab::LabError,
     },
     /// Not enough free disk.
     #[error("{dir} has {free_mib} MiB free; fetching a kernel needs about {needed_mib} MiB: free some space or set GRAFT_CACHE to a larger disk")]
@@ -157,15 +156,14 @@ pub enum KernelError {
         what: String,
     },
     /// A filesystem operation failed.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}: {cause}")]
     Io {
         /// What was being done.
         action: &'static str,
         /// The path.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -174,7 +172,7 @@ impl KernelError {
         KernelError::Io {
             action,
             path: path.to_path_buf(),
-            source,
+            cause: source,
         }
     }
 }

@@ -35,13 +35,12 @@ pub enum LabError {
         program: String,
     },
     /// A file to put into the guest cannot be read.
-    #[error("cannot read {path} for the guest: {source}")]
+    #[error("cannot read {path} for the guest: {cause}")]
     GuestFile {
         /// The host path.
         path: PathBuf,
         /// Why.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The guest file layout is invalid (duplicate or malformed destination).
     #[error("bad guest file layout: {0}")]
@@ -91,15 +90,14 @@ pub enum LabError {
     #[error("QEMU failed to start the VM: {0}")]
     QemuFailed(String),
     /// A filesystem or process operation failed.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}: {cause}")]
     Io {
         /// What was being done.
         action: &'static str,
         /// The path.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -108,7 +106,7 @@ impl LabError {
         LabError::Io {
             action,
             path: path.to_path_buf(),
-            source,
+            cause: source,
         }
     }
 

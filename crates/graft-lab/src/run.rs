@@ -342,7 +342,7 @@ fn build_initramfs(
     let read = |path: &Path| {
         fs::read(path).map_err(|e| LabError::GuestFile {
             path: path.to_path_buf(),
-            source: e,
+            cause: e,
         })
     };
     let mut ramfs = Initramfs::new();

@@ -33,8 +33,48 @@ pub enum Command {
     /// The lab: boot a target kernel in QEMU and run a script in it.
     #[command(subcommand)]
     Lab(LabCommand),
+    /// Turn source patches into a livepatch module for a target, proven against its code.
+    ///
+    /// Applies the patches (in order) to a scratch view of the target's prepared source,
+    /// compiles only the translation units they touch, before and after, with the target's own
+    /// kbuild commands, and compares the objects function by function. Changed and new
+    /// functions go into the module; everything else they use stays a reference into the
+    /// running kernel. Each replaced function is first matched byte for byte (modulo
+    /// relocations) against the target's code image, which proves the build reproduces the
+    /// running kernel and pins every local symbol's position (sympos). The module is linked
+    /// with the target's kbuild, converted to the livepatch ELF format and checked.
+    ///
+    /// Writes OUT.ko and OUT.json (the manifest) only when every step passed.
+    #[command(
+        after_help = "Example: graft build -o fix.ko fix.patch\n         graft build --explain --no-replace -o fix2.ko a.patch b.patch"
+    )]
+    Build(BuildArgs),
     /// Show the whole path on a target: fetch, build a livepatch, watch it go live in a VM.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub kernel: KernelArg,
+    /// The module (and livepatch) name; default: OUT's file name.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Build a stacking patch instead of an atomic replace (cumulative) one.
+    #[arg(long)]
+    pub no_replace: bool,
+    /// Print every function's verdict: changed, new, unchanged, removed, and why.
+    #[arg(long)]
+    pub explain: bool,
+    /// Print a JSON report (manifest, verdicts, timings).
+    #[arg(long)]
+    pub json: bool,
+    /// Output module path (OUT.ko; the manifest goes to OUT.json).
+    #[arg(short, long, value_name = "OUT.ko")]
+    pub output: PathBuf,
+    /// Source patches (unified diffs, -p1), applied in order.
+    #[arg(required = true, value_name = "PATCH")]
+    pub patches: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,6 @@
 //! The `graft` command: parses arguments, runs the subcommand, maps failures to exit codes.
 
+mod build_cmd;
 mod cli;
 mod demo_cmd;
 mod kernel_cmd;
@@ -26,6 +27,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         cli::Command::Kernel(cmd) => kernel_cmd::run(cmd),
         cli::Command::Lab(cmd) => lab_cmd::run(cmd),
+        cli::Command::Build(args) => build_cmd::run(args),
         cli::Command::Demo(args) => demo_cmd::run(&args.kernel.target),
     }
 }

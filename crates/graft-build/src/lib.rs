@@ -1,0 +1,562 @@
+//! `graft build`: from source patches to a livepatch module proven against the target.
+//!
+//! The pipeline, each phase timed in a tracing span:
+//! 1. **gate**: the target has CONFIG_LIVEPATCH and this machine has its exact compiler;
+//! 2. **units**: the files the patches touch, applied in a scratch farm of the prepared tree;
+//! 3. **compile**: pre objects (cached per target) and post objects, by kbuild's own commands;
+//! 4. **diff**: per unit, changed and new functions, refusals (graft-diff);
+//! 5. **run-pre**: replaced functions matched against the target's code image, pinning sympos;
+//! 6. **extract**: the patch object of each unit;
+//! 7. **module**: hook, kbuild link, livepatch conversion, format check;
+//! 8. **manifest**: written with the module, both only once everything passed.
+
+mod compile;
+mod farm;
+pub mod manifest;
+mod module;
+mod patchset;
+mod runpre;
+
+pub use compile::{Parent, Unit};
+pub use manifest::Manifest;
+pub use patchset::PatchFile;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use graft_cache::Cache;
+use graft_diff::{FunctionVerdict, Refusal, Verdict};
+use graft_elf::ElfObject;
+use graft_kernel::{CompilerCheck, Kernel};
+use graft_progress::{SharedProgress, Unit as ProgressUnit};
+
+use crate::manifest::{Digest256, ManifestFunction, ManifestKernel};
+use crate::module::{KlpFunc, ModuleSpec, Resolution};
+
+/// Errors of `graft build`: each names the file, function or section and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The target kernel cannot be live patched.
+    #[error("{target} cannot be live patched: {reason}")]
+    TargetUnsuitable {
+        /// The target.
+        target: String,
+        /// Why.
+        reason: String,
+    },
+    /// The local compiler is not the kernel's.
+    #[error("the kernel was built by `{expected}` but this machine's `{command}` is {}: objects would not match the running kernel; install that exact compiler",
+        local.as_deref().map(|l| format!("`{l}`")).unwrap_or_else(|| "missing".into()))]
+    CompilerMismatch {
+        /// The compiler command.
+        command: String,
+        /// The kernel's compiler.
+        expected: String,
+        /// The local one.
+        local: Option<String>,
+    },
+    /// A patch is unusable.
+    #[error("{}: {reason}", patch.display())]
+    BadPatch {
+        /// The patch.
+        patch: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Compiling a unit failed.
+    #[error("compiling the {which} {unit} failed:\n{tail}")]
+    CompileFailed {
+        /// The unit.
+        unit: String,
+        /// "unpatched" or "patched".
+        which: &'static str,
+        /// The end of the compiler's output.
+        tail: String,
+    },
+    /// The differ refused the change.
+    #[error("the patch cannot be live patched:\n{}", .0.iter().map(|r| format!("  - {r}")).collect::<Vec<_>>().join("\n"))]
+    Refused(Vec<Refusal>),
+    /// Nothing in the compiled code changed.
+    #[error(
+        "no effective change: the patches compile to the same code as the running kernel ({0})"
+    )]
+    NoEffectiveChange(String),
+    /// Run-pre matching failed.
+    #[error("run-pre mismatch in {function}: {detail}; graft's build does not reproduce the running kernel, so no patch is made")]
+    RunPre {
+        /// The function.
+        function: String,
+        /// What differs.
+        detail: String,
+    },
+    /// A symbol cannot be resolved unambiguously.
+    #[error("{0}")]
+    Symbol(String),
+    /// Something graft does not support (yet), named.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Building the module failed.
+    #[error("{0}")]
+    ModuleFailed(String),
+    /// ELF handling failed.
+    #[error(transparent)]
+    Elf(#[from] graft_elf::ElfError),
+    /// Kernel data failed.
+    #[error(transparent)]
+    Kernel(#[from] graft_kernel::KernelError),
+    /// Cache handling failed.
+    #[error(transparent)]
+    Cache(#[from] graft_cache::CacheError),
+    /// A filesystem operation failed.
+    #[error("{action} {path}: {cause}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The underlying error.
+        cause: std::io::Error,
+    },
+}
+
+impl BuildError {
+    pub(crate) fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
+        BuildError::Io {
+            action,
+            path: path.to_path_buf(),
+            cause: source,
+        }
+    }
+}
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    /// Patches, applied in order.
+    pub patches: Vec<PathBuf>,
+    /// The module to write (`OUT.ko`); the manifest goes to `OUT.json`.
+    pub output: PathBuf,
+    /// Module name (default: from the output file name).
+    pub name: Option<String>,
+    /// Atomic replace (default true).
+    pub replace: bool,
+}
+
+/// Per-unit verdicts, for `--explain`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct UnitReport {
+    /// The unit.
+    pub unit: String,
+    /// Its parent object.
+    pub object: String,
+    /// Function verdicts (unchanged ones included).
+    pub functions: Vec<FunctionVerdict>,
+}
+
+/// The result of a successful build.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BuildReport {
+    /// The manifest written.
+    pub manifest: Manifest,
+    /// The module path.
+    pub module: PathBuf,
+    /// The manifest path.
+    pub manifest_path: PathBuf,
+    /// Per-unit verdicts.
+    pub units: Vec<UnitReport>,
+    /// Seconds per phase.
+    pub timings: Vec<(String, f64)>,
+}
+
+/// The manifest path for a module path: `fix.ko` -> `fix.json`.
+pub fn manifest_path(module: &Path) -> PathBuf {
+    module.with_extension("json")
+}
+
+fn module_name(options: &BuildOptions) -> Result<String, BuildError> {
+    let raw = match &options.name {
+        Some(n) => n.clone(),
+        None => options
+            .output
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    };
+    let name = raw.replace('-', "_");
+    if name.is_empty()
+        || name.len() > 55
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(BuildError::Unsupported(format!(
+            "`{raw}` is not a usable module name: use letters, digits, - or _, at most 55 (--name)"
+        )));
+    }
+    Ok(name)
+}
+
+struct Phases(Vec<(String, f64)>, Instant);
+
+impl Phases {
+    fn mark(&mut self, name: &str) {
+        let now = Instant::now();
+        self.0
+            .push((name.to_string(), (now - self.1).as_secs_f64()));
+        tracing::info!("{name}: {:.2} s", (now - self.1).as_secs_f64());
+        self.1 = now;
+    }
+}
+
+/// Builds a livepatch module for `kernel` from `options.patches`.
+pub fn build(
+    cache: &Cache,
+    kernel: &Kernel,
+    options: &BuildOptions,
+    progress: &SharedProgress,
+) -> Result<BuildReport, BuildError> {
+    let mut phases = Phases(Vec::new(), Instant::now());
+    let name = module_name(options)?;
+    let config = kernel.config()?;
+    if !config.is_yes("LIVEPATCH") {
+        return Err(BuildError::TargetUnsuitable {
+            target: kernel.target().to_string(),
+            reason: "its config lacks CONFIG_LIVEPATCH=y".into(),
+        });
+    }
+    let check = CompilerCheck::run(config.get("CC_VERSION_TEXT").unwrap_or_default());
+    if !check.matches {
+        return Err(BuildError::CompilerMismatch {
+            command: check.command,
+            expected: check.expected,
+            local: check.local,
+        });
+    }
+    let patches = options
+        .patches
+        .iter()
+        .map(|p| PatchFile::read(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut touched: Vec<String> = Vec::new();
+    for p in &patches {
+        for f in &p.files {
+            if !touched.contains(f) {
+                touched.push(f.clone());
+            }
+        }
+    }
+    let mut sources = Vec::new();
+    for file in &touched {
+        if file.ends_with(".c") {
+            sources.push(file.clone());
+        } else if file.ends_with(".h") {
+            return Err(BuildError::Unsupported(format!(
+                "{file}: patches to headers need the target's include index, which graft does not build yet; patch the .c files that use it"
+            )));
+        } else {
+            return Err(BuildError::Unsupported(format!(
+                "{file}: only C sources can be live patched (not build files or assembly)"
+            )));
+        }
+    }
+    phases.mark("gate");
+
+    let scratch_root = cache.root().join("builds");
+    fs::create_dir_all(&scratch_root).map_err(|e| BuildError::io("creating", &scratch_root, e))?;
+    let scratch = tempfile::Builder::new()
+        .prefix("build-")
+        .tempdir_in(&scratch_root)
+        .map_err(|e| BuildError::io("creating a directory in", &scratch_root, e))?;
+    let farm_dir = scratch.path().join("tree");
+    farm::create(&kernel.source_dir(), &farm_dir, &touched)?;
+    for p in &patches {
+        patchset::apply(p, &farm_dir)?;
+    }
+    phases.mark("apply");
+
+    let mut task = progress.start(
+        "compile unpatched units",
+        Some(sources.len() as u64),
+        ProgressUnit::Items,
+    );
+    let mut units = Vec::new();
+    for (i, source) in sources.iter().enumerate() {
+        units.push(compile::prepare_unit(kernel, cache, source)?);
+        task.set(i as u64 + 1);
+    }
+    task.finish(&format!("{} units", units.len()));
+    phases.mark("compile pre");
+    let post_paths: Vec<PathBuf> = std::thread::scope(|scope| {
+        let handles: Vec<_> = units
+            .iter()
+            .map(|u| scope.spawn(|| compile::compile_post(u, &farm_dir)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(BuildError::Unsupported("a compiler thread panicked".into()))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    phases.mark("compile post");
+
+    let mut parsed = Vec::new();
+    for (unit, post_path) in units.iter().zip(&post_paths) {
+        let pre_bytes = fs::read(&unit.pre).map_err(|e| BuildError::io("reading", &unit.pre, e))?;
+        let post_bytes =
+            fs::read(post_path).map_err(|e| BuildError::io("reading", post_path, e))?;
+        let pre = ElfObject::parse(&format!("{} (unpatched)", unit.object), &pre_bytes)?;
+        let post = ElfObject::parse(&format!("{} (patched)", unit.object), &post_bytes)?;
+        parsed.push((pre, post));
+    }
+    let diffs: Vec<graft_diff::UnitDiff> = units
+        .iter()
+        .zip(&parsed)
+        .map(|(u, (pre, post))| graft_diff::diff_unit(&u.source, pre, post))
+        .collect();
+    let refusals: Vec<Refusal> = diffs.iter().flat_map(|d| d.refusals.clone()).collect();
+    if !refusals.is_empty() {
+        return Err(BuildError::Refused(refusals));
+    }
+    if diffs.iter().all(|d| d.included().next().is_none()) {
+        return Err(BuildError::NoEffectiveChange(sources.join(", ")));
+    }
+    phases.mark("diff");
+
+    // Run-pre: prove each replaced function against the running code, pinning sympos.
+    let mut sympos_of_function: HashMap<(usize, String), u32> = HashMap::new();
+    let mut pins: HashMap<(String, String), u32> = HashMap::new();
+    let needs_vmlinux = units
+        .iter()
+        .zip(&diffs)
+        .any(|(u, d)| u.parent == Parent::Vmlinux && d.included().next().is_some());
+    let vmlinux_symbols = kernel.symbols()?;
+    if needs_vmlinux {
+        let image = runpre::CodeImage::load(&kernel.vmlinux())?;
+        let index = runpre::AddressIndex::new(&vmlinux_symbols);
+        for (i, ((unit, diff), (pre, _))) in units.iter().zip(&diffs).zip(&parsed).enumerate() {
+            if unit.parent != Parent::Vmlinux {
+                continue;
+            }
+            for v in diff.included().filter(|v| v.verdict == Verdict::Changed) {
+                let Some(p) = v.pre_symbol else { continue };
+                if graft_diff::is_cold_part(&v.name) {
+                    continue;
+                }
+                let (pos, found) = runpre::match_function(pre, p, &image, &vmlinux_symbols, &index)
+                    .map_err(|e| match e {
+                        BuildError::RunPre { function, detail } => BuildError::RunPre {
+                            function: format!("vmlinux:{function} ({})", unit.source),
+                            detail,
+                        },
+                        other => other,
+                    })?;
+                sympos_of_function.insert((i, v.pre_name.clone().unwrap_or_default()), pos);
+                for (name, pos) in found.sympos {
+                    pins.insert(("vmlinux".into(), name), pos);
+                }
+            }
+        }
+    }
+    let module_symbols = if units.iter().any(|u| matches!(u.parent, Parent::Module(_))) {
+        kernel.module_symbols()?
+    } else {
+        BTreeMap::new()
+    };
+    phases.mark("run-pre");
+
+    let work = scratch.path().join("module");
+    fs::create_dir_all(&work).map_err(|e| BuildError::io("creating", &work, e))?;
+    let symvers = module::symvers(kernel)?;
+    let mut spec = ModuleSpec {
+        name: name.clone(),
+        replace: options.replace,
+        objects: BTreeMap::new(),
+        patch_objects: Vec::new(),
+        resolutions: HashMap::new(),
+    };
+    let mut manifest_functions = Vec::new();
+    let mut new_functions = Vec::new();
+    for (i, ((unit, diff), (pre, post))) in units.iter().zip(&diffs).zip(&parsed).enumerate() {
+        if diff.included().next().is_none() {
+            continue;
+        }
+        let patch =
+            graft_diff::extract(diff, pre, post, i).map_err(|r| BuildError::Refused(vec![r]))?;
+        let object = unit.parent.object_name().to_string();
+        for f in &patch.functions {
+            let sympos = match sympos_of_function.get(&(i, f.name.clone())) {
+                Some(&pos) => pos,
+                None => position(&object, &f.name, &vmlinux_symbols, &module_symbols, &pins)?,
+            };
+            spec.objects
+                .entry(object.clone())
+                .or_default()
+                .push(KlpFunc {
+                    old_name: f.name.clone(),
+                    new_symbol: f.new_symbol.clone(),
+                    sympos,
+                });
+            manifest_functions.push(ManifestFunction {
+                object: object.clone(),
+                name: f.name.clone(),
+                sympos,
+                old_size: f.old_size,
+                new_size: f.new_size,
+                unit: f.unit.clone(),
+            });
+        }
+        new_functions.extend(patch.new_functions.iter().map(|n| format!("{object}:{n}")));
+        for ext in &patch.externals {
+            let exported_by = symvers.get(&ext.name).map(String::as_str);
+            let resolution = if !ext.local && exported_by == Some("vmlinux") {
+                Resolution::Exported(ext.name.clone())
+            } else if !ext.local && object == "vmlinux" && exported_by.is_some() {
+                return Err(BuildError::Unsupported(format!(
+                    "{}: the patched code uses {}, exported by module {}, which a vmlinux patch cannot depend on",
+                    ext.unit,
+                    ext.name,
+                    exported_by.unwrap_or_default()
+                )));
+            } else {
+                let pos = position(&object, &ext.name, &vmlinux_symbols, &module_symbols, &pins)
+                    .map_err(|e| match e {
+                        BuildError::Symbol(msg) => {
+                            BuildError::Symbol(format!("{}: {msg}", ext.unit))
+                        }
+                        other => other,
+                    })?;
+                Resolution::Livepatch {
+                    object: object.clone(),
+                    name: ext.name.clone(),
+                    sympos: pos,
+                }
+            };
+            spec.resolutions.insert(ext.symbol.clone(), resolution);
+        }
+        let path = work.join(format!("unit{i}.o"));
+        let bytes = patch
+            .elf
+            .write(&format!("patch object of {}", unit.source))?;
+        fs::write(&path, bytes).map_err(|e| BuildError::io("writing", &path, e))?;
+        spec.patch_objects.push(path);
+    }
+    phases.mark("extract");
+
+    let module_bytes = module::build_module(kernel, &spec, &work.join("kbuild"))?;
+    phases.mark("module");
+
+    let manifest = Manifest {
+        name: name.clone(),
+        kernel: ManifestKernel {
+            target: kernel.target().to_string(),
+            release: kernel.target().release.clone(),
+            build_id: kernel.meta().build_id.clone(),
+        },
+        replace: options.replace,
+        functions: manifest_functions,
+        new_functions,
+        patches: patches
+            .iter()
+            .map(|p| Digest256 {
+                file: manifest::file_name(&p.path),
+                sha256: manifest::sha256(p.text.as_bytes()),
+            })
+            .collect(),
+        module: Digest256 {
+            file: manifest::file_name(&options.output),
+            sha256: manifest::sha256(&module_bytes),
+        },
+        graft_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let manifest_file = manifest_path(&options.output);
+    let json = serde_json::to_string_pretty(&manifest)
+        .map_err(|e| BuildError::Unsupported(e.to_string()))?;
+    write_outputs(
+        &options.output,
+        &module_bytes,
+        &manifest_file,
+        json.as_bytes(),
+    )?;
+    phases.mark("write");
+
+    Ok(BuildReport {
+        manifest,
+        module: options.output.clone(),
+        manifest_path: manifest_file,
+        units: units
+            .iter()
+            .zip(&diffs)
+            .map(|(u, d)| UnitReport {
+                unit: u.source.clone(),
+                object: u.parent.object_name().to_string(),
+                functions: d.functions.clone(),
+            })
+            .collect(),
+        timings: phases.0,
+    })
+}
+
+/// The sympos of `name` in `object`: pinned by run-pre, else 0 when the name is unique.
+fn position(
+    object: &str,
+    name: &str,
+    vmlinux: &graft_kernel::SymbolTable,
+    modules: &BTreeMap<String, graft_kernel::SymbolTable>,
+    pins: &HashMap<(String, String), u32>,
+) -> Result<u32, BuildError> {
+    if let Some(&pos) = pins.get(&(object.to_string(), name.to_string())) {
+        return Ok(pos);
+    }
+    let table = if object == "vmlinux" {
+        vmlinux
+    } else {
+        modules
+            .get(object)
+            .ok_or_else(|| BuildError::Symbol(format!("the target has no module {object}")))?
+    };
+    match table.lookup(name).len() {
+        0 => Err(BuildError::Symbol(format!(
+            "{object} has no symbol {name} in kallsyms (is it inlined everywhere in the running kernel?)"
+        ))),
+        1 => Ok(0),
+        n => Err(BuildError::Symbol(format!(
+            "{name} occurs {n} times in {object}'s kallsyms and no matched function pins which one the patch means"
+        ))),
+    }
+}
+
+/// Writes module and manifest so that either both appear or neither does.
+fn write_outputs(
+    module: &Path,
+    module_bytes: &[u8],
+    manifest: &Path,
+    manifest_bytes: &[u8],
+) -> Result<(), BuildError> {
+    let tmp = |p: &Path| {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        p.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    };
+    let (module_tmp, manifest_tmp) = (tmp(module), tmp(manifest));
+    let result = (|| {
+        fs::write(&module_tmp, module_bytes)
+            .map_err(|e| BuildError::io("writing", &module_tmp, e))?;
+        fs::write(&manifest_tmp, manifest_bytes)
+            .map_err(|e| BuildError::io("writing", &manifest_tmp, e))?;
+        fs::rename(&module_tmp, module).map_err(|e| BuildError::io("writing", module, e))?;
+        fs::rename(&manifest_tmp, manifest).map_err(|e| {
+            let _ = fs::remove_file(module);
+            BuildError::io("writing", manifest, e)
+        })
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&module_tmp);
+        let _ = fs::remove_file(&manifest_tmp);
+    }
+    result
+}

@@ -1,0 +1,275 @@
+//! Run-pre matching: proving that the code graft compiled is the code the target runs.
+//!
+//! Each pre function the patch replaces is compared with the same function in the target's
+//! code image: bytes outside relocated fields must be equal, and every relocated field, decoded
+//! from the image, must point at what the relocation names: the same symbol (by kallsyms), the
+//! same string, the same place in the function. A mismatch means graft's build does not
+//! reproduce the running kernel, and the build is refused. Every match also *pins* the symbols
+//! the function references to their exact kallsyms entries, which gives each local symbol its
+//! `sympos` without guessing.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use graft_diff::compare::{bytes_of, relocs_in};
+use graft_diff::correlate::{target_of, Target};
+use graft_elf::x86_64::{read_value, referenced_address, reloc_kind, reloc_name};
+use graft_elf::{ElfObject, SymSection};
+use graft_kernel::SymbolTable;
+use object::{Object, ObjectSegment};
+
+use crate::BuildError;
+
+/// The target's code image, addressable by link-time address.
+pub struct CodeImage {
+    data: Vec<u8>,
+    /// (address, size, file offset) of each loaded segment.
+    segments: Vec<(u64, u64, u64)>,
+}
+
+impl std::fmt::Debug for CodeImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodeImage")
+            .field("segments", &self.segments)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CodeImage {
+    /// Loads vmlinux.
+    pub fn load(path: &Path) -> Result<Self, BuildError> {
+        let data = std::fs::read(path).map_err(|e| BuildError::io("reading", path, e))?;
+        let segments = {
+            let file = object::File::parse(&*data)
+                .map_err(|e| BuildError::Unsupported(format!("{}: {e}", path.display())))?;
+            file.segments()
+                .map(|s| {
+                    let (offset, size) = s.file_range();
+                    (s.address(), size, offset)
+                })
+                .collect()
+        };
+        Ok(Self { data, segments })
+    }
+
+    /// `len` bytes at `address`, if the image has them.
+    pub fn read(&self, address: u64, len: usize) -> Option<&[u8]> {
+        let (start, size, offset) = self
+            .segments
+            .iter()
+            .find(|(start, size, _)| address >= *start && address < start + size)?;
+        let at = address - start;
+        if at + len as u64 > *size {
+            return None;
+        }
+        self.data
+            .get((offset + at) as usize..(offset + at) as usize + len)
+    }
+
+    fn string(&self, address: u64) -> Option<&[u8]> {
+        let (start, size, offset) = self
+            .segments
+            .iter()
+            .find(|(start, size, _)| address >= *start && address < start + size)?;
+        let from = (offset + (address - start)) as usize;
+        let end = (offset + size) as usize;
+        let rest = self.data.get(from..end)?;
+        Some(&rest[..rest.iter().position(|&b| b == 0)?])
+    }
+}
+
+/// kallsyms by address.
+#[derive(Debug)]
+pub struct AddressIndex {
+    by_address: HashMap<u64, Vec<(String, u32)>>,
+}
+
+impl AddressIndex {
+    /// Indexes a symbol table.
+    pub fn new(table: &SymbolTable) -> Self {
+        let mut by_address: HashMap<u64, Vec<(String, u32)>> = HashMap::new();
+        for s in table.symbols() {
+            by_address
+                .entry(s.address)
+                .or_default()
+                .push((s.name.clone(), s.sympos()));
+        }
+        Self { by_address }
+    }
+
+    fn names_at(&self, address: u64) -> &[(String, u32)] {
+        self.by_address
+            .get(&address)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+}
+
+/// What matching one function proved.
+#[derive(Clone, Debug, Default)]
+pub struct Pins {
+    /// Kernel name -> its sympos, for every symbol a matched function references.
+    pub sympos: HashMap<String, u32>,
+}
+
+/// Finds `name` (pre symbol `function` of `pre`) in the image and proves it is the same code.
+/// Returns the function's own sympos and the pins of what it references.
+pub fn match_function(
+    pre: &ElfObject,
+    function: usize,
+    image: &CodeImage,
+    symbols: &SymbolTable,
+    index: &AddressIndex,
+) -> Result<(u32, Pins), BuildError> {
+    let sym = &pre.symbols[function];
+    let candidates: Vec<_> = symbols
+        .lookup(&sym.name)
+        .into_iter()
+        .filter(|s| matches!(s.kind, 't' | 'T'))
+        .collect();
+    if candidates.is_empty() {
+        return Err(BuildError::RunPre {
+            function: sym.name.clone(),
+            detail: "the running kernel has no function of this name (inlined everywhere, or the unit is not built into vmlinux)".into(),
+        });
+    }
+    let mut first_error = None;
+    let mut matches = Vec::new();
+    for candidate in &candidates {
+        match compare_at(pre, function, candidate.address, image, index) {
+            Ok(pins) => matches.push((candidate.sympos(), pins)),
+            Err(detail) => {
+                if first_error.is_none() {
+                    first_error = Some(format!("at {:#x}: {detail}", candidate.address));
+                }
+            }
+        }
+    }
+    match matches.len() {
+        0 => Err(BuildError::RunPre {
+            function: sym.name.clone(),
+            detail: first_error.unwrap_or_default(),
+        }),
+        1 => Ok(matches.remove(0)),
+        _ => {
+            // Identical copies: acceptable only if they pin the same symbols.
+            let (pos, pins) = matches.remove(0);
+            if matches.iter().all(|(_, p)| p.sympos == pins.sympos) {
+                Ok((pos, pins))
+            } else {
+                Err(BuildError::RunPre {
+                    function: sym.name.clone(),
+                    detail: format!("{} functions of this name match the compiled code and reference different symbols", matches.len() + 1),
+                })
+            }
+        }
+    }
+}
+
+fn compare_at(
+    pre: &ElfObject,
+    function: usize,
+    address: u64,
+    image: &CodeImage,
+    index: &AddressIndex,
+) -> Result<Pins, String> {
+    let sym = &pre.symbols[function];
+    let ours = bytes_of(pre, sym);
+    let theirs = image
+        .read(address, ours.len())
+        .ok_or_else(|| "the image does not contain the function's bytes".to_string())?;
+    let relocs = relocs_in(pre, sym);
+    let mut masked = vec![false; ours.len()];
+    for r in &relocs {
+        let kind =
+            reloc_kind(r.r_type).ok_or_else(|| format!("unsupported {}", reloc_name(r.r_type)))?;
+        let at = (r.offset - sym.value) as usize;
+        for m in masked.iter_mut().skip(at).take(kind.size) {
+            *m = true;
+        }
+    }
+    if let Some(at) = (0..ours.len()).find(|&i| !masked[i] && ours[i] != theirs[i]) {
+        return Err(format!(
+            "code differs at +{at:#x} (compiled {:02x}, running {:02x})",
+            ours[at], theirs[at]
+        ));
+    }
+    let mut pins = Pins::default();
+    for r in &relocs {
+        let kind =
+            reloc_kind(r.r_type).ok_or_else(|| format!("unsupported {}", reloc_name(r.r_type)))?;
+        let at = (r.offset - sym.value) as usize;
+        let value = read_value(&theirs[at..], kind)
+            .ok_or_else(|| "truncated relocation field".to_string())?;
+        let referenced = referenced_address(value, kind, address + at as u64);
+        match target_of(pre, r) {
+            Target::Symbol { symbol, addend } => {
+                let target = &pre.symbols[symbol];
+                let symbol_address = referenced.wrapping_sub(addend as u64);
+                if symbol == function
+                    || (target.section == sym.section
+                        && target.section != SymSection::Undefined
+                        && target.kind != object::elf::STT_FUNC)
+                {
+                    // A place inside this very function.
+                    let expected = address.wrapping_add(target.value.wrapping_sub(sym.value));
+                    if symbol_address != expected {
+                        return Err(format!("+{at:#x} should refer into the function itself"));
+                    }
+                    continue;
+                }
+                let names = index.names_at(symbol_address);
+                match names.iter().find(|(n, _)| *n == target.name) {
+                    Some((name, pos)) => {
+                        pins.sympos.insert(name.clone(), *pos);
+                    }
+                    None => {
+                        let found = names
+                            .first()
+                            .map(|(n, _)| n.clone())
+                            .unwrap_or_else(|| format!("{symbol_address:#x}"));
+                        return Err(format!(
+                            "+{at:#x} refers to {found}, the compiled code to {}",
+                            target.name
+                        ));
+                    }
+                }
+            }
+            Target::Section { section, addend } => {
+                let sec = &pre.sections[section];
+                let bias = if kind.pc_relative { 4 } else { 0 };
+                if sec.flags & u64::from(object::elf::SHF_STRINGS) != 0 {
+                    let ours = string_at(&sec.data, addend + bias);
+                    let theirs = image.string(referenced.wrapping_add(bias as u64));
+                    if ours != theirs {
+                        return Err(format!(
+                            "+{at:#x} uses the string {:?}, the running kernel {:?}",
+                            String::from_utf8_lossy(ours.unwrap_or_default()),
+                            String::from_utf8_lossy(theirs.unwrap_or_default())
+                        ));
+                    }
+                } else if sec.flags & u64::from(object::elf::SHF_WRITE) == 0
+                    && sec.kind != object::elf::SHT_NOBITS
+                {
+                    let from = (addend + bias).max(0) as usize;
+                    let len = sec.data.len().saturating_sub(from).min(16);
+                    let ours = sec.data.get(from..from + len);
+                    let theirs = image.read(referenced.wrapping_add(bias as u64), len);
+                    if ours != theirs {
+                        return Err(format!(
+                            "+{at:#x} uses constants of {} that differ in the running kernel",
+                            sec.name
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(pins)
+}
+
+fn string_at(data: &[u8], offset: i64) -> Option<&[u8]> {
+    let start = usize::try_from(offset).ok()?;
+    let rest = data.get(start..)?;
+    Some(&rest[..rest.iter().position(|&b| b == 0)?])
+}

@@ -1,0 +1,407 @@
+//! Deciding which functions changed, and refusing what a live patch cannot carry.
+
+use std::collections::HashMap;
+
+use graft_elf::{ElfObject, Reloc, SymSection, Symbol};
+use object::elf;
+
+use crate::correlate::{target_of, Correlation, Target};
+use crate::naming::{base_name, is_cold_part};
+use crate::Refusal;
+
+/// What happened to a function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Same code, same references.
+    Unchanged,
+    /// Differs: it will be replaced.
+    Changed,
+    /// Only in the post object: it will be added.
+    New,
+    /// Only in the pre object (removed or now inlined everywhere).
+    Removed,
+}
+
+/// One function's verdict.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FunctionVerdict {
+    /// The name in the post object (pre object for removed ones).
+    pub name: String,
+    /// The name in the pre object, i.e. in the running kernel.
+    pub pre_name: Option<String>,
+    /// Its section in the post object.
+    pub section: String,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Why it changed.
+    pub reason: Option<String>,
+    /// Size before.
+    pub pre_size: Option<u64>,
+    /// Size after.
+    pub post_size: Option<u64>,
+    /// Symbol index in the post object.
+    #[serde(skip)]
+    pub post_symbol: Option<usize>,
+    /// Symbol index in the pre object.
+    #[serde(skip)]
+    pub pre_symbol: Option<usize>,
+}
+
+/// Everything the differ found in one unit.
+#[derive(Debug)]
+pub struct UnitDiff {
+    /// The unit (source path).
+    pub unit: String,
+    /// Verdicts of all functions, in post order then removed ones.
+    pub functions: Vec<FunctionVerdict>,
+    /// What makes the change impossible to live patch.
+    pub refusals: Vec<Refusal>,
+    /// The symbol pairing.
+    pub correlation: Correlation,
+}
+
+impl UnitDiff {
+    /// Functions that go into the patch (changed or new).
+    pub fn included(&self) -> impl Iterator<Item = &FunctionVerdict> {
+        self.functions
+            .iter()
+            .filter(|f| matches!(f.verdict, Verdict::Changed | Verdict::New))
+    }
+}
+
+fn functions(object: &ElfObject) -> Vec<usize> {
+    object
+        .symbols
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.kind == elf::STT_FUNC && matches!(s.section, SymSection::Section(_)))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+fn section_of(_object: &ElfObject, sym: &Symbol) -> Option<usize> {
+    match sym.section {
+        SymSection::Section(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// The relocations inside a symbol's bytes, sorted by offset.
+pub fn relocs_in<'a>(object: &'a ElfObject, sym: &Symbol) -> Vec<&'a Reloc> {
+    let Some(section) = section_of(object, sym).and_then(|s| object.sections.get(s)) else {
+        return Vec::new();
+    };
+    let end = sym.value + sym.size;
+    let mut relocs: Vec<&Reloc> = section
+        .relocs()
+        .filter(|r| r.offset >= sym.value && r.offset < end)
+        .collect();
+    relocs.sort_by_key(|r| r.offset);
+    relocs
+}
+
+/// The bytes of a symbol (empty for `SHT_NOBITS`).
+pub fn bytes_of<'a>(object: &'a ElfObject, sym: &Symbol) -> &'a [u8] {
+    section_of(object, sym)
+        .and_then(|s| object.sections.get(s))
+        .and_then(|s| {
+            s.data
+                .get(sym.value as usize..(sym.value + sym.size) as usize)
+        })
+        .unwrap_or_default()
+}
+
+/// Whether a function starts with the ftrace call (`call __fentry__`), which the livepatch
+/// core needs to redirect it.
+pub fn is_traceable(object: &ElfObject, sym: &Symbol) -> bool {
+    relocs_in(object, sym)
+        .first()
+        .is_some_and(|r| r.offset <= sym.value + 5 && object.symbols[r.symbol].name == "__fentry__")
+}
+
+fn string_at(data: &[u8], offset: i64) -> Option<&[u8]> {
+    let start = usize::try_from(offset).ok()?;
+    let rest = data.get(start..)?;
+    Some(&rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())])
+}
+
+/// Whether two relocation targets are the same thing.
+fn same_target(
+    pre: &ElfObject,
+    a: &Reloc,
+    post: &ElfObject,
+    b: &Reloc,
+    corr: &Correlation,
+) -> Result<(), String> {
+    match (target_of(pre, a), target_of(post, b)) {
+        (
+            Target::Symbol {
+                symbol: sa,
+                addend: aa,
+            },
+            Target::Symbol {
+                symbol: sb,
+                addend: ab,
+            },
+        ) => {
+            let (na, nb) = (&pre.symbols[sa], &post.symbols[sb]);
+            let same = match (na.section, nb.section) {
+                (SymSection::Section(_), SymSection::Section(_)) => corr.pre_of(sb) == Some(sa),
+                (SymSection::Section(_), _) | (_, SymSection::Section(_)) => false,
+                _ => na.name == nb.name,
+            };
+            if !same {
+                return Err(format!("refers to {} (was {})", nb.name, na.name));
+            }
+            if aa != ab {
+                return Err(format!("refers to {}{:+} (was {:+})", nb.name, ab, aa));
+            }
+            Ok(())
+        }
+        (
+            Target::Section {
+                section: sa,
+                addend: aa,
+            },
+            Target::Section {
+                section: sb,
+                addend: ab,
+            },
+        ) => {
+            let (x, y) = (&pre.sections[sa], &post.sections[sb]);
+            let strings = y.flags & u64::from(elf::SHF_STRINGS) != 0;
+            if strings {
+                let bias = if graft_elf::x86_64::reloc_kind(b.r_type).is_some_and(|k| k.pc_relative)
+                {
+                    4
+                } else {
+                    0
+                };
+                let (s1, s2) = (string_at(&x.data, aa + bias), string_at(&y.data, ab + bias));
+                if s1 != s2 {
+                    return Err(format!(
+                        "uses the string {:?} (was {:?})",
+                        String::from_utf8_lossy(s2.unwrap_or_default()),
+                        String::from_utf8_lossy(s1.unwrap_or_default())
+                    ));
+                }
+                return Ok(());
+            }
+            if base_name(&x.name) != base_name(&y.name) || aa != ab || x.data != y.data {
+                return Err(format!(
+                    "refers to {}{:+} (was {}{:+})",
+                    y.name, ab, x.name, aa
+                ));
+            }
+            Ok(())
+        }
+        (_, Target::Symbol { symbol, .. }) => {
+            Err(format!("refers to {}", post.symbols[symbol].name))
+        }
+        (_, Target::Section { section, .. }) => {
+            Err(format!("refers into {}", post.sections[section].name))
+        }
+    }
+}
+
+/// Compares one function (or data object) of pre and post: None when equal, else why not.
+pub fn difference(
+    pre: &ElfObject,
+    ps: &Symbol,
+    post: &ElfObject,
+    qs: &Symbol,
+    corr: &Correlation,
+) -> Option<String> {
+    if ps.size != qs.size {
+        return Some(format!("size {} -> {}", ps.size, qs.size));
+    }
+    let (ra, rb) = (relocs_in(pre, ps), relocs_in(post, qs));
+    let (ba, bb) = (bytes_of(pre, ps), bytes_of(post, qs));
+    let mut masked = vec![false; ba.len().max(bb.len())];
+    for (relocs, base) in [(&ra, ps.value), (&rb, qs.value)] {
+        for r in relocs.iter() {
+            let size = graft_elf::x86_64::reloc_kind(r.r_type)
+                .map(|k| k.size)
+                .unwrap_or(8);
+            let at = (r.offset - base) as usize;
+            for m in masked.iter_mut().skip(at).take(size) {
+                *m = true;
+            }
+        }
+    }
+    if let Some(at) = (0..ba.len().min(bb.len())).find(|&i| !masked[i] && ba[i] != bb[i]) {
+        return Some(format!("code differs at +{at:#x}"));
+    }
+    if ra.len() != rb.len() {
+        return Some(format!("{} relocations -> {}", ra.len(), rb.len()));
+    }
+    for (a, b) in ra.iter().zip(&rb) {
+        let at = a.offset - ps.value;
+        if at != b.offset - qs.value || a.r_type != b.r_type {
+            return Some(format!("relocation at +{at:#x} moved or changed type"));
+        }
+        if let Err(why) = same_target(pre, a, post, b, corr) {
+            return Some(format!("+{at:#x} {why}"));
+        }
+    }
+    None
+}
+
+fn is_init_section(name: &str) -> bool {
+    name.starts_with(".init.")
+        || name.starts_with(".exit.")
+        || name.starts_with(".meminit")
+        || name == ".init.text"
+}
+
+/// Diffs one unit.
+pub fn diff_unit(unit: &str, pre: &ElfObject, post: &ElfObject) -> UnitDiff {
+    let correlation = Correlation::new(pre, post);
+    let mut verdicts = Vec::new();
+    let mut refusals = Vec::new();
+    let mut seen_pre = std::collections::HashSet::new();
+    for q in functions(post) {
+        let qs = &post.symbols[q];
+        let section = section_of(post, qs)
+            .map(|s| post.sections[s].name.clone())
+            .unwrap_or_default();
+        let (verdict, reason, pre_symbol) = match correlation.pre_of(q) {
+            Some(p) if pre.symbols[p].kind == elf::STT_FUNC => {
+                seen_pre.insert(p);
+                match difference(pre, &pre.symbols[p], post, qs, &correlation) {
+                    None => (Verdict::Unchanged, None, Some(p)),
+                    Some(why) => (Verdict::Changed, Some(why), Some(p)),
+                }
+            }
+            _ => (Verdict::New, None, None),
+        };
+        verdicts.push(FunctionVerdict {
+            name: qs.name.clone(),
+            pre_name: pre_symbol.map(|p| pre.symbols[p].name.clone()),
+            section,
+            verdict,
+            reason,
+            pre_size: pre_symbol.map(|p| pre.symbols[p].size),
+            post_size: Some(qs.size),
+            post_symbol: Some(q),
+            pre_symbol,
+        });
+    }
+    for p in functions(pre).into_iter().filter(|p| !seen_pre.contains(p)) {
+        let ps = &pre.symbols[p];
+        verdicts.push(FunctionVerdict {
+            name: ps.name.clone(),
+            pre_name: Some(ps.name.clone()),
+            section: section_of(pre, ps)
+                .map(|s| pre.sections[s].name.clone())
+                .unwrap_or_default(),
+            verdict: Verdict::Removed,
+            reason: None,
+            pre_size: Some(ps.size),
+            post_size: None,
+            post_symbol: None,
+            pre_symbol: Some(p),
+        });
+    }
+
+    // A changed cold part means its parent changed: the parent is what gets redirected.
+    let changed_cold: Vec<String> = verdicts
+        .iter()
+        .filter(|v| v.verdict == Verdict::Changed && is_cold_part(&v.name))
+        .map(|v| v.name.split(".cold").next().unwrap_or_default().to_string())
+        .collect();
+    for v in verdicts.iter_mut() {
+        if v.verdict == Verdict::Unchanged && changed_cold.contains(&v.name) {
+            v.verdict = Verdict::Changed;
+            v.reason = Some("its .cold part changed".into());
+        }
+    }
+
+    for v in verdicts.iter().filter(|v| v.verdict == Verdict::Changed) {
+        if is_init_section(&v.section) {
+            refusals.push(Refusal::InitCode {
+                unit: unit.to_string(),
+                function: v.name.clone(),
+                section: v.section.clone(),
+            });
+        } else if !is_cold_part(&v.name) {
+            let traceable = v
+                .post_symbol
+                .is_some_and(|q| is_traceable(post, &post.symbols[q]))
+                && v.pre_symbol
+                    .is_some_and(|p| is_traceable(pre, &pre.symbols[p]));
+            if !traceable {
+                refusals.push(Refusal::NotTraceable {
+                    unit: unit.to_string(),
+                    function: v.name.clone(),
+                });
+            }
+        }
+    }
+    for v in verdicts
+        .iter()
+        .filter(|v| v.verdict == Verdict::New && is_init_section(&v.section))
+    {
+        // New init code never runs in a live patch: the kernel booted long ago.
+        refusals.push(Refusal::InitCode {
+            unit: unit.to_string(),
+            function: v.name.clone(),
+            section: v.section.clone(),
+        });
+    }
+    refusals.extend(changed_data(unit, pre, post, &correlation));
+    UnitDiff {
+        unit: unit.to_string(),
+        functions: verdicts,
+        refusals,
+        correlation,
+    }
+}
+
+/// Read-only objects the compiler makes for function names: copied with the code that uses
+/// them, so a change is no refusal.
+pub fn is_function_name_constant(name: &str) -> bool {
+    let base = base_name(name);
+    matches!(
+        base.as_str(),
+        "__func__" | "__FUNCTION__" | "__PRETTY_FUNCTION__"
+    )
+}
+
+fn changed_data(unit: &str, pre: &ElfObject, post: &ElfObject, corr: &Correlation) -> Vec<Refusal> {
+    let mut out = Vec::new();
+    let mut reported: HashMap<String, ()> = HashMap::new();
+    for (q, qs) in post.symbols.iter().enumerate() {
+        let Some(section) = section_of(post, qs) else {
+            continue;
+        };
+        let sec = &post.sections[section];
+        if qs.kind != elf::STT_OBJECT
+            || !sec.is_alloc()
+            || sec.is_exec()
+            || is_function_name_constant(&qs.name)
+        {
+            continue;
+        }
+        // Export tables change whenever a function moves; they are rebuilt, not patched.
+        if sec.name.starts_with("__ksymtab") || sec.name.starts_with("__kcrctab") {
+            continue;
+        }
+        let Some(p) = corr.pre_of(q) else { continue };
+        let ps = &pre.symbols[p];
+        let changed = if sec.kind == elf::SHT_NOBITS {
+            ps.size != qs.size
+        } else {
+            difference(pre, ps, post, qs, corr).is_some()
+        };
+        if changed && reported.insert(qs.name.clone(), ()).is_none() {
+            out.push(Refusal::ChangedData {
+                unit: unit.to_string(),
+                symbol: ps.name.clone(),
+                section: sec.name.clone(),
+            });
+        }
+    }
+    out
+}

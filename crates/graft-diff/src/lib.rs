@@ -1,0 +1,71 @@
+//! Binary differencing of one translation unit compiled before and after a source patch.
+//!
+//! Both objects are compiled with `-ffunction-sections -fdata-sections`, so every function and
+//! data object has a section of its own. The phases, each in its own module:
+//!
+//! 1. [`correlate`]: pair each symbol of the post object with its pre counterpart, seeing through
+//!    GCC's renumbering of static locals (`count.12` -> `count.15`) and clones
+//!    (`.constprop.N`, `.isra.N`, `.part.N`).
+//! 2. [`compare`]: a function changed when its bytes differ outside relocated fields, or when a
+//!    relocation differs in type, place or *target*, targets being compared by correlated
+//!    symbol, by string contents, or by data section, never by address.
+//! 3. [`extract`]: copy the changed and new functions, the strings and constants they use and
+//!    the data the patch adds into a new object; everything else they reference stays a
+//!    reference to the running kernel. Special-section entries (exception tables, alternatives,
+//!    ORC, ...) that describe copied code come along ([`special`]).
+//!
+//! Doubt always resolves towards including a function: patching an unchanged function is
+//! harmless, missing a changed one is not.
+
+pub mod compare;
+pub mod correlate;
+pub mod extract;
+mod naming;
+pub mod special;
+
+pub use compare::{diff_unit, FunctionVerdict, UnitDiff, Verdict};
+pub use correlate::Correlation;
+pub use extract::{extract, External, PatchObject, PatchedFunction};
+pub use naming::{base_name, is_cold_part, NEW_FUNCTION_PREFIX};
+
+/// Reasons a patch cannot be a live patch, each naming what and where.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, thiserror::Error)]
+pub enum Refusal {
+    /// An `__init`/`__exit` function changed: it ran at boot (or runs at unload) and cannot be
+    /// redone by a live patch.
+    #[error("{unit}: {function} is in {section} and changed: init and exit code cannot be live patched; move the change into a callback (graft/patch.h: GRAFT_PRE_PATCH) if it must run")]
+    InitCode {
+        /// The translation unit.
+        unit: String,
+        /// The function.
+        function: String,
+        /// Its section.
+        section: String,
+    },
+    /// Existing initialized data changed.
+    #[error("{unit}: the patch changes the initialized data {symbol} (section {section}): a live patch cannot change existing data; keep the old value and add a shadow variable (klp_shadow_*) or change it from a callback")]
+    ChangedData {
+        /// The translation unit.
+        unit: String,
+        /// The data symbol.
+        symbol: String,
+        /// Its section.
+        section: String,
+    },
+    /// A changed function cannot be patched: it has no ftrace call site.
+    #[error("{unit}: {function} changed but is not traceable (no __fentry__ call: notrace or noinstr), so the livepatch core cannot redirect it; change its traceable callers instead")]
+    NotTraceable {
+        /// The unit.
+        unit: String,
+        /// The function.
+        function: String,
+    },
+    /// Something graft does not know how to carry.
+    #[error("{unit}: {what}")]
+    Unsupported {
+        /// The unit.
+        unit: String,
+        /// What is unsupported.
+        what: String,
+    },
+}

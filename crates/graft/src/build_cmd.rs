@@ -1,0 +1,83 @@
+//! `graft build`
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use graft_build::{BuildOptions, BuildReport};
+
+use crate::cli::BuildArgs;
+use crate::kernel_cmd::{ensure_kernel, target_and_cache};
+
+pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
+    for patch in &args.patches {
+        if !patch.is_file() {
+            anyhow::bail!("{}: no such patch file", patch.display());
+        }
+    }
+    if args.output.extension().is_none_or(|e| e != "ko") {
+        anyhow::bail!(
+            "-o {}: the output must be a .ko file",
+            args.output.display()
+        );
+    }
+    let (target, cache) = target_and_cache(&args.kernel.target)?;
+    let progress = crate::progress::for_output(args.json);
+    let kernel = ensure_kernel(&cache, &target, &progress)?;
+    let options = BuildOptions {
+        patches: args.patches.clone(),
+        output: args.output.clone(),
+        name: args.name.clone(),
+        replace: !args.no_replace,
+    };
+    let report = graft_build::build(&cache, &kernel, &options, &progress)
+        .with_context(|| format!("building a live patch for {target}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.explain {
+        explain(&report);
+    }
+    let m = &report.manifest;
+    println!(
+        "built {} ({}, {}) for {} [{}]",
+        report.module.display(),
+        m.name,
+        if m.replace {
+            "atomic replace"
+        } else {
+            "stacking"
+        },
+        m.kernel.release,
+        m.kernel.build_id
+    );
+    for f in &m.functions {
+        println!(
+            "  replaces {}:{} (sympos {}, {} -> {} bytes) from {}",
+            f.object, f.name, f.sympos, f.old_size, f.new_size, f.unit
+        );
+    }
+    for f in &m.new_functions {
+        println!("  adds     {f}");
+    }
+    let total: f64 = report.timings.iter().map(|(_, s)| s).sum();
+    println!(
+        "  manifest {} ; {:.1} s",
+        report.manifest_path.display(),
+        total
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn explain(report: &BuildReport) {
+    for unit in &report.units {
+        println!("{} ({}):", unit.unit, unit.object);
+        for f in &unit.functions {
+            let verdict = format!("{:?}", f.verdict).to_lowercase();
+            match &f.reason {
+                Some(why) => println!("  {verdict:<9} {} : {why}", f.name),
+                None => println!("  {verdict:<9} {}", f.name),
+            }
+        }
+    }
+}
