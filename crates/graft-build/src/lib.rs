@@ -365,6 +365,37 @@ pub fn build(
     } else {
         BTreeMap::new()
     };
+    let module_index = kernel.module_index()?;
+    for (i, ((unit, diff), (pre, _))) in units.iter().zip(&diffs).zip(&parsed).enumerate() {
+        let Parent::Module(module) = &unit.parent else {
+            continue;
+        };
+        if diff.included().next().is_none() {
+            continue;
+        }
+        let info = module_index.get(module).ok_or_else(|| {
+            BuildError::Symbol(format!(
+                "{}: the target's image has no module {module}",
+                unit.source
+            ))
+        })?;
+        let path = kernel.modules_dir().join(&info.path);
+        let bytes = fs::read(&path).map_err(|e| BuildError::io("reading", &path, e))?;
+        let ko = ElfObject::parse(&path.display().to_string(), &bytes)?;
+        let empty = graft_kernel::SymbolTable::default();
+        let table = module_symbols.get(module).unwrap_or(&empty);
+        for v in diff.included().filter(|v| v.verdict == Verdict::Changed) {
+            let Some(p) = v.pre_symbol else { continue };
+            if graft_diff::is_cold_part(&v.name) {
+                continue;
+            }
+            let (pos, found) = runpre::match_module_function(pre, p, &ko, module, table)?;
+            sympos_of_function.insert((i, v.pre_name.clone().unwrap_or_default()), pos);
+            for (name, pos) in found.sympos {
+                pins.insert((module.clone(), name), pos);
+            }
+        }
+    }
     phases.mark("run-pre");
 
     let work = scratch.path().join("module");

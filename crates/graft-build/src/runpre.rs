@@ -273,3 +273,164 @@ fn string_at(data: &[u8], offset: i64) -> Option<&[u8]> {
     let rest = data.get(start..)?;
     Some(&rest[..rest.iter().position(|&b| b == 0)?])
 }
+
+/// Matches pre function `function` against the same function in the target's module file
+/// `ko` (an unlinked relocatable object). Returns the function's sympos among the module's
+/// same-named symbols, and pins for what it references.
+pub fn match_module_function(
+    pre: &ElfObject,
+    function: usize,
+    ko: &ElfObject,
+    module: &str,
+    table: &SymbolTable,
+) -> Result<(u32, Pins), BuildError> {
+    let sym = &pre.symbols[function];
+    let candidates: Vec<usize> = ko
+        .symbols
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| {
+            s.name == sym.name
+                && s.kind == object::elf::STT_FUNC
+                && matches!(s.section, SymSection::Section(_))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if candidates.is_empty() {
+        return Err(BuildError::RunPre {
+            function: format!("{module}:{}", sym.name),
+            detail: format!("{module}.ko has no function of this name"),
+        });
+    }
+    let mut first_error = None;
+    for (k, &candidate) in candidates.iter().enumerate() {
+        match compare_in_module(pre, function, ko, candidate) {
+            Ok(names) => {
+                let mut pins = Pins::default();
+                for name in names {
+                    if let [only] = table.lookup(&name).as_slice() {
+                        pins.sympos.insert(name, only.sympos());
+                    }
+                }
+                let pos = if candidates.len() == 1 {
+                    0
+                } else {
+                    k as u32 + 1
+                };
+                return Ok((pos, pins));
+            }
+            Err(e) => {
+                if first_error.is_none() {
+                    first_error = Some(e);
+                }
+            }
+        }
+    }
+    Err(BuildError::RunPre {
+        function: format!("{module}:{}", sym.name),
+        detail: first_error.unwrap_or_default(),
+    })
+}
+
+/// Name (or string contents) a relocation targets, for comparison across objects.
+fn target_name(object: &ElfObject, r: &graft_elf::Reloc) -> String {
+    match target_of(object, r) {
+        Target::Symbol { symbol, addend } => format!("{}{addend:+}", object.symbols[symbol].name),
+        Target::Section { section, addend } => {
+            let sec = &object.sections[section];
+            let bias = if reloc_kind(r.r_type).is_some_and(|k| k.pc_relative) {
+                4
+            } else {
+                0
+            };
+            match string_at(&sec.data, addend + bias)
+                .filter(|_| sec.flags & u64::from(object::elf::SHF_STRINGS) != 0)
+            {
+                Some(s) => format!("string {:?}", String::from_utf8_lossy(s)),
+                None => format!("{}{addend:+}", sec.name),
+            }
+        }
+    }
+}
+
+fn compare_in_module(
+    pre: &ElfObject,
+    function: usize,
+    ko: &ElfObject,
+    candidate: usize,
+) -> Result<Vec<String>, String> {
+    let (ps, ks) = (&pre.symbols[function], &ko.symbols[candidate]);
+    let (ours, theirs) = (bytes_of(pre, ps), bytes_of(ko, ks));
+    if ours.len() != theirs.len() {
+        return Err(format!(
+            "size {} in the running module, {} compiled",
+            theirs.len(),
+            ours.len()
+        ));
+    }
+    let SymSection::Section(ko_section) = ks.section else {
+        return Err("the module's function has no section".into());
+    };
+    let ko_relocs: HashMap<u64, &graft_elf::Reloc> = ko.sections[ko_section]
+        .relocs()
+        .filter(|r| r.offset >= ks.value && r.offset < ks.value + ks.size)
+        .map(|r| (r.offset - ks.value, r))
+        .collect();
+    let relocs = relocs_in(pre, ps);
+    let mut masked = vec![false; ours.len()];
+    for r in &relocs {
+        let size = reloc_kind(r.r_type).map(|k| k.size).unwrap_or(8);
+        let at = (r.offset - ps.value) as usize;
+        for m in masked.iter_mut().skip(at).take(size) {
+            *m = true;
+        }
+    }
+    if let Some(at) = (0..ours.len()).find(|&i| !masked[i] && ours[i] != theirs[i]) {
+        return Err(format!("code differs at +{at:#x}"));
+    }
+    if let Some(extra) = ko_relocs
+        .keys()
+        .find(|o| !relocs.iter().any(|r| r.offset - ps.value == **o))
+    {
+        return Err(format!(
+            "the running module relocates +{extra:#x}, the compiled code does not"
+        ));
+    }
+    let mut names = Vec::new();
+    for r in &relocs {
+        let at = r.offset - ps.value;
+        let ours = target_name(pre, r);
+        let theirs = match ko_relocs.get(&at) {
+            Some(k) => target_name(ko, k),
+            None => {
+                // Resolved by the assembler within the section: decode the displacement.
+                let kind = reloc_kind(r.r_type)
+                    .ok_or_else(|| format!("unsupported {}", reloc_name(r.r_type)))?;
+                if !kind.pc_relative {
+                    return Err(format!(
+                        "+{at:#x} is absolute in the compiled code but not relocated in the module"
+                    ));
+                }
+                let value =
+                    read_value(&bytes_of(ko, ks)[at as usize..], kind).ok_or("truncated field")?;
+                let place = ks.value + at;
+                let target = (place as i64 + value - r.addend) as u64;
+                let addend = r.addend;
+                ko.symbols_in(ko_section)
+                    .find(|(_, s)| s.value == target)
+                    .map(|(_, s)| format!("{}{:+}", s.name, addend))
+                    .unwrap_or_else(|| format!("{target:#x}"))
+            }
+        };
+        let ours_base = graft_diff::base_name(&ours);
+        if ours != theirs && ours_base != graft_diff::base_name(&theirs) {
+            return Err(format!(
+                "+{at:#x} refers to {theirs} in the running module, to {ours} in the compiled code"
+            ));
+        }
+        if let Target::Symbol { symbol, .. } = target_of(pre, r) {
+            names.push(pre.symbols[symbol].name.clone());
+        }
+    }
+    Ok(names)
+}

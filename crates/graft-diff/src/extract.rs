@@ -353,10 +353,12 @@ impl Extractor<'_> {
         let name = if defined {
             match self.diff.correlation.pre_of(symbol) {
                 Some(p) => self.pre.symbols[p].name.clone(),
-                None => return Err(self.refuse(format!(
+                None => {
+                    return Err(self.refuse(format!(
                     "{} is referenced by patched code but matches nothing in the running kernel",
                     sym.name
-                ))),
+                )))
+                }
             }
         } else {
             sym.name.clone()

@@ -49,8 +49,51 @@ pub enum Command {
         after_help = "Example: graft build -o fix.ko fix.patch\n         graft build --explain --no-replace -o fix2.ko a.patch b.patch"
     )]
     Build(BuildArgs),
+    /// Test a livepatch module on its target kernel, booted in the lab.
+    ///
+    /// In one boot: load the target modules marked @before, optionally check that SCRIPT fails
+    /// on the unpatched kernel (--baseline-fails), load the patch and wait for its transition,
+    /// load the modules marked @after, run SCRIPT (exit 0 = the fix is observed), disable the
+    /// patch, wait for the reverse transition, unload it, and fail if the kernel logged a
+    /// WARN, BUG, Oops or livepatch error at any point.
+    ///
+    /// Exit status: 0 passed; 2 a target module failed to load; 3 SCRIPT passed before the
+    /// patch (with --baseline-fails); 4 the patch failed to load; 5 its transition did not
+    /// finish; 6 SCRIPT failed; 7 disabling or unloading failed; 8 the kernel log shows
+    /// errors; 124/125/126 as for `graft lab run`; 1 other errors.
+    #[command(
+        after_help = "Example: graft test fix.ko --script check.sh --load-module isofs@before"
+    )]
+    Test(TestArgs),
     /// Show the whole path on a target: fetch, build a livepatch, watch it go live in a VM.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    #[command(flatten)]
+    pub kernel: KernelArg,
+    /// The livepatch module to test.
+    #[arg(value_name = "MODULE.ko")]
+    pub module: PathBuf,
+    /// A target module to load before (default) or after the patch: NAME[@before|@after].
+    #[arg(long = "load-module", value_name = "NAME[@WHEN]")]
+    pub load_modules: Vec<String>,
+    /// Shell script run in the guest with the patch live; exit 0 means the fix is observed.
+    #[arg(long, value_name = "FILE")]
+    pub script: Option<PathBuf>,
+    /// Also require SCRIPT to fail before the patch is applied.
+    #[arg(long, requires = "script")]
+    pub baseline_fails: bool,
+    /// Seconds each transition may take.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub transition_timeout: u64,
+    /// Print the guest kernel log after the run.
+    #[arg(long)]
+    pub show_dmesg: bool,
+    /// Print a JSON report.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

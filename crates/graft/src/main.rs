@@ -6,6 +6,7 @@ mod demo_cmd;
 mod kernel_cmd;
 mod lab_cmd;
 mod progress;
+mod test_cmd;
 
 use std::process::ExitCode;
 
@@ -28,6 +29,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Kernel(cmd) => kernel_cmd::run(cmd),
         cli::Command::Lab(cmd) => lab_cmd::run(cmd),
         cli::Command::Build(args) => build_cmd::run(args),
+        cli::Command::Test(args) => test_cmd::run(args),
         cli::Command::Demo(args) => demo_cmd::run(&args.kernel.target),
     }
 }

@@ -1,0 +1,262 @@
+//! `graft test`: a livepatch module on its target, in the lab, start to finish.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use graft_lab::{GuestFile, Lab, RunSpec};
+
+use crate::cli::TestArgs;
+use crate::kernel_cmd::{ensure_kernel, target_and_cache};
+
+/// Exit statuses of the guest script, one per step, so the caller knows which step failed.
+const STEPS: &[(i32, &str)] = &[
+    (2, "loading a target module failed"),
+    (
+        3,
+        "the check passed before the patch was applied, so it cannot observe the fix",
+    ),
+    (4, "loading the livepatch module failed"),
+    (5, "the patching transition did not finish"),
+    (6, "the check failed with the patch live"),
+    (7, "disabling or unloading the patch failed"),
+];
+/// The kernel log shows errors.
+const EXIT_KERNEL_LOG: u8 = 8;
+
+/// Kernel log lines that fail a test.
+const BAD_LOG: &[&str] = &[
+    "WARNING: CPU",
+    "BUG:",
+    "kernel BUG",
+    "Oops",
+    "general protection fault",
+    "Call Trace:",
+    "unable to handle",
+];
+
+/// The module name recorded in `.modinfo` (what the livepatch is called in sysfs).
+fn module_name(path: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let module = graft_elf::ElfObject::parse(&path.display().to_string(), &bytes)?;
+    let modinfo = module
+        .sections
+        .iter()
+        .find(|s| s.name == ".modinfo")
+        .with_context(|| format!("{}: no .modinfo: not a kernel module", path.display()))?;
+    let livepatch = modinfo
+        .data
+        .split(|&b| b == 0)
+        .any(|kv| kv == b"livepatch=Y");
+    if !livepatch {
+        anyhow::bail!(
+            "{}: not a livepatch module (.modinfo lacks livepatch=Y)",
+            path.display()
+        );
+    }
+    modinfo
+        .data
+        .split(|&b| b == 0)
+        .find_map(|kv| {
+            kv.strip_prefix(b"name=")
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+        })
+        .with_context(|| format!("{}: .modinfo has no name", path.display()))
+}
+
+fn guest_script(
+    name: &str,
+    before: &[String],
+    after: &[String],
+    check: bool,
+    baseline: bool,
+    transition: u64,
+) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        r#"patch=/sys/kernel/livepatch/{name}
+wait_for() {{
+	i=0
+	until eval "$1"; do
+		i=$((i + 1))
+		[ $i -lt {ticks} ] || return 1
+		sleep 0.1
+	done
+}}
+"#,
+        ticks = transition * 10
+    ));
+    for m in before {
+        s.push_str(&format!(
+            "echo \"graft-test: load {m}\"; modprobe {m} || exit 2\n"
+        ));
+    }
+    if baseline {
+        s.push_str("echo 'graft-test: check before the patch (must fail)'\nif sh /root/graft-check.sh; then exit 3; fi\n");
+    }
+    s.push_str(&format!(
+        "echo 'graft-test: apply {name}'\ninsmod /root/{name}.ko || exit 4\nwait_for '[ \"$(cat $patch/transition)\" = 0 ]' || exit 5\necho \"graft-test: patched, enabled=$(cat $patch/enabled)\"\n"
+    ));
+    for m in after {
+        s.push_str(&format!(
+            "echo \"graft-test: load {m}\"; modprobe {m} || exit 2\n"
+        ));
+    }
+    if check {
+        s.push_str(
+            "echo 'graft-test: check with the patch live'\nsh /root/graft-check.sh || exit 6\n",
+        );
+    }
+    s.push_str(&format!(
+        "echo 'graft-test: disable {name}'\necho 0 > $patch/enabled || exit 7\nwait_for '[ ! -e $patch ]' || exit 7\nrmmod {name} || exit 7\necho 'graft-test: unloaded'\n"
+    ));
+    s
+}
+
+#[derive(serde::Serialize)]
+struct TestReport<'a> {
+    module: &'a str,
+    passed: bool,
+    failed_step: Option<&'a str>,
+    kernel_log_errors: Vec<String>,
+    kernel_log: String,
+    output: String,
+}
+
+pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
+    if !args.module.is_file() {
+        anyhow::bail!("{}: no such module", args.module.display());
+    }
+    if let Some(script) = &args.script {
+        if !script.is_file() {
+            anyhow::bail!("--script {}: no such file", script.display());
+        }
+    }
+    let name = module_name(&args.module)?;
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    for spec in &args.load_modules {
+        let (module, when) = spec.split_once('@').unwrap_or((spec.as_str(), "before"));
+        match when {
+            "before" => before.push(module.to_string()),
+            "after" => after.push(module.to_string()),
+            other => {
+                anyhow::bail!("--load-module {spec}: `{other}` is neither `before` nor `after`")
+            }
+        }
+    }
+    let (target, cache) = target_and_cache(&args.kernel.target)?;
+    let progress = crate::progress::for_output(args.json);
+    let lab = Lab::new(cache.clone(), progress.clone())?;
+    let kernel = ensure_kernel(&cache, &target, &progress)?;
+    let index = kernel.module_index()?;
+    let modules = before
+        .iter()
+        .chain(&after)
+        .map(|m| {
+            kernel
+                .guest_module(&index, m)
+                .with_context(|| format!("--load-module {m}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    let script = guest_script(
+        &name,
+        &before,
+        &after,
+        args.script.is_some(),
+        args.baseline_fails,
+        args.transition_timeout,
+    );
+    let mut spec = RunSpec::new(kernel.lab_kernel(), script);
+    spec.modules = modules;
+    spec.files.push(GuestFile {
+        source: args.module.clone(),
+        dest: format!("/root/{name}.ko"),
+    });
+    if let Some(check) = &args.script {
+        spec.files.push(GuestFile {
+            source: check.clone(),
+            dest: "/root/graft-check.sh".into(),
+        });
+    }
+    spec.timeout = Duration::from_secs(args.transition_timeout * 2 + 300);
+    let mut output = Vec::new();
+    let json = args.json;
+    let outcome = {
+        let mut stdout = std::io::stdout().lock();
+        lab.run(&spec, &mut |bytes| {
+            output.extend_from_slice(bytes);
+            if !json {
+                let _ = stdout.write_all(bytes);
+                let _ = stdout.flush();
+            }
+        })?
+    };
+    let log = outcome.kernel_log();
+    let errors: Vec<String> = log
+        .lines()
+        .filter(|l| {
+            BAD_LOG.iter().any(|b| l.contains(b))
+                || (l.contains("livepatch:")
+                    && (l.contains("failed") || l.contains("error") || l.contains("invalid")))
+        })
+        .map(|l| l.trim().to_string())
+        .collect();
+    if args.show_dmesg {
+        eprintln!(
+            "--- guest kernel log ({}) ---\n{log}--- end of guest kernel log ---",
+            outcome.log.display()
+        );
+    }
+    let failed_step = STEPS
+        .iter()
+        .find(|(code, _)| *code == outcome.exit_code)
+        .map(|(_, what)| *what);
+    let (code, verdict) = match (outcome.exit_code, errors.is_empty()) {
+        (0, true) => (0u8, None),
+        (0, false) => (
+            EXIT_KERNEL_LOG,
+            Some("the kernel log shows errors".to_string()),
+        ),
+        (c, _) => (
+            u8::try_from(c).unwrap_or(1),
+            Some(
+                failed_step
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("the guest script failed with status {c}")),
+            ),
+        ),
+    };
+    if json {
+        let report = TestReport {
+            module: &name,
+            passed: code == 0,
+            failed_step: verdict.as_deref(),
+            kernel_log_errors: errors.clone(),
+            kernel_log: outcome.log.display().to_string(),
+            output: String::from_utf8_lossy(&output).into_owned(),
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    match verdict {
+        None => {
+            if !json {
+                println!(
+                    "graft-test: {name} passed on {target} ({:.1} s)",
+                    outcome.total_time.as_secs_f64()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(what) => {
+            eprintln!("graft: test of {name} failed: {what}");
+            for e in errors.iter().take(10) {
+                eprintln!("  kernel: {e}");
+            }
+            eprintln!("  kernel log: {}", outcome.log.display());
+            Ok(ExitCode::from(code))
+        }
+    }
+}
