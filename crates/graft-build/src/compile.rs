@@ -51,10 +51,12 @@ pub struct Unit {
     pub parent: Parent,
     /// The cached pre object.
     pub pre: PathBuf,
+    /// The files the compiler read for it (kbuild's dependency list).
+    pub deps: Vec<String>,
 }
 
 fn stage_name(source: &str) -> String {
-    format!("unit-{}", source.replace('/', "__"))
+    format!("unit-v1-{}", source.replace('/', "__"))
 }
 
 /// Reads kbuild's recorded command out of a `.cmd` file (make syntax: `$$` is `$`).
@@ -121,6 +123,8 @@ pub fn prepare_unit(kernel: &Kernel, cache: &Cache, source: &str) -> Result<Unit
             BuildError::Unsupported(format!("{}: no command for {object}", cmd_file.display()))
         })?;
         fs::write(dir.join("command"), &command).map_err(|e| BuildError::io("writing", dir, e))?;
+        let deps = crate::includes::deps_from_cmd_file(&text).join("\n");
+        fs::write(dir.join("deps"), deps).map_err(|e| BuildError::io("writing", dir, e))?;
         fs::rename(&built, dir.join("pre.o")).map_err(|e| BuildError::io("moving", &built, e))?;
         // Leave the cached tree as prepared: the farm must not see this unit's outputs.
         let _ = fs::remove_file(&cmd_file);
@@ -136,7 +140,10 @@ pub fn prepare_unit(kernel: &Kernel, cache: &Cache, source: &str) -> Result<Unit
     let dir = entry.path(&stage);
     let command =
         fs::read_to_string(dir.join("command")).map_err(|e| BuildError::io("reading", &dir, e))?;
+    let deps =
+        fs::read_to_string(dir.join("deps")).map_err(|e| BuildError::io("reading", &dir, e))?;
     Ok(Unit {
+        deps: deps.lines().map(str::to_string).collect(),
         source: source.to_string(),
         parent: parent_from_command(&command),
         object,

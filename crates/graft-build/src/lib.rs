@@ -12,6 +12,7 @@
 
 mod compile;
 mod farm;
+mod includes;
 pub mod manifest;
 mod module;
 mod patchset;
@@ -246,16 +247,15 @@ pub fn build(
         }
     }
     let mut sources = Vec::new();
+    let mut headers = Vec::new();
     for file in &touched {
         if file.ends_with(".c") {
             sources.push(file.clone());
         } else if file.ends_with(".h") {
-            return Err(BuildError::Unsupported(format!(
-                "{file}: patches to headers need the target's include index, which graft does not build yet; patch the .c files that use it"
-            )));
+            headers.push(file.clone());
         } else {
             return Err(BuildError::Unsupported(format!(
-                "{file}: only C sources can be live patched (not build files or assembly)"
+                "{file}: only C sources and headers can be live patched (not build files or assembly)"
             )));
         }
     }
@@ -285,6 +285,13 @@ pub fn build(
         task.set(i as u64 + 1);
     }
     task.finish(&format!("{} units", units.len()));
+    for header in &headers {
+        for unit in units_including(kernel, cache, header, progress)? {
+            if !units.iter().any(|u: &Unit| u.source == unit.source) {
+                units.push(unit);
+            }
+        }
+    }
     phases.mark("compile pre");
     let post_paths: Vec<PathBuf> = std::thread::scope(|scope| {
         let handles: Vec<_> = units
@@ -528,6 +535,70 @@ pub fn build(
             .collect(),
         timings: phases.0,
     })
+}
+
+/// Most units a header change may reach before graft refuses: a patch that replaces code in
+/// more places than this is no longer a live patch anyone should review.
+const MAX_HEADER_UNITS: usize = 64;
+
+/// The units of the target that include `header`, by the compiler's own dependency lists.
+fn units_including(
+    kernel: &Kernel,
+    cache: &Cache,
+    header: &str,
+    progress: &SharedProgress,
+) -> Result<Vec<Unit>, BuildError> {
+    let entry = cache.entry("objects", &kernel.target().key());
+    {
+        let lock = entry.lock()?;
+        lock.ensure("include-graph.json", |out| -> Result<(), BuildError> {
+            let graph = includes::IncludeGraph::scan(&kernel.source_dir())?;
+            let json =
+                serde_json::to_vec(&graph).map_err(|e| BuildError::Unsupported(e.to_string()))?;
+            fs::write(out, json).map_err(|e| BuildError::io("writing", out, e))
+        })?;
+    }
+    let graph_path = entry.path("include-graph.json");
+    let text = fs::read(&graph_path).map_err(|e| BuildError::io("reading", &graph_path, e))?;
+    let graph: includes::IncludeGraph = serde_json::from_slice(&text)
+        .map_err(|e| BuildError::Unsupported(format!("{}: {e}", graph_path.display())))?;
+    let candidates = graph.candidate_units(header);
+    if candidates.len() > MAX_HEADER_UNITS {
+        return Err(BuildError::Unsupported(format!(
+            "{header} may be included by {} units (more than {MAX_HEADER_UNITS}): a live patch of it would replace code all over the kernel; patch the functions that need the fix instead",
+            candidates.len()
+        )));
+    }
+    let mut task = progress.start(
+        &format!("find units including {header}"),
+        Some(candidates.len() as u64),
+        ProgressUnit::Items,
+    );
+    let mut affected = Vec::new();
+    for (i, candidate) in candidates.iter().enumerate() {
+        match compile::prepare_unit(kernel, cache, candidate) {
+            Ok(unit) if unit.deps.iter().any(|d| d == header) => affected.push(unit),
+            Ok(_) => {}
+            // Not buildable in this configuration: not part of the running kernel.
+            Err(BuildError::CompileFailed { unit, .. }) => {
+                tracing::debug!("{unit} is not built for this target")
+            }
+            Err(e) => return Err(e),
+        }
+        task.set(i as u64 + 1);
+    }
+    task.finish(&format!(
+        "{} of {} candidates include it",
+        affected.len(),
+        candidates.len()
+    ));
+    if affected.is_empty() {
+        return Err(BuildError::Unsupported(format!(
+            "no unit of {} includes {header}",
+            kernel.target()
+        )));
+    }
+    Ok(affected)
 }
 
 /// The sympos of `name` in `object`: pinned by run-pre, else 0 when the name is unique.

@@ -41,11 +41,9 @@ impl PatchFile {
                 reason: format!("`{bad}` points outside the kernel source"),
             });
         }
-        Ok(Self {
-            path: path.to_path_buf(),
-            text,
-            files,
-        })
+        // patch(1) runs inside the scratch tree, so the path must not be relative.
+        let path = std::path::absolute(path).map_err(|e| BuildError::io("resolving", path, e))?;
+        Ok(Self { path, text, files })
     }
 }
 
