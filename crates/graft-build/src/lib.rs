@@ -36,6 +36,9 @@ use graft_progress::{SharedProgress, Unit as ProgressUnit};
 use crate::manifest::{Digest256, ManifestFunction, ManifestKernel};
 use crate::module::{KlpFunc, ModuleSpec, Resolution};
 
+/// `graft/patch.h`, the helpers patched sources may include.
+pub const PATCH_HELPER: &str = include_str!("../include/graft/patch.h");
+
 /// Errors of `graft build`: each names the file, function or section and the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -267,8 +270,23 @@ pub fn build(
         .prefix("build-")
         .tempdir_in(&scratch_root)
         .map_err(|e| BuildError::io("creating a directory in", &scratch_root, e))?;
-    let farm_dir = scratch.path().join("tree");
-    farm::create(&kernel.source_dir(), &farm_dir, &touched)?;
+    // Debug aid: GRAFT_KEEP_BUILD=1 keeps the scratch directory (farm, objects, hook, kbuild
+    // log) for inspection; its path is logged.
+    let scratch_path = scratch.path().to_path_buf();
+    let _keep = if std::env::var_os("GRAFT_KEEP_BUILD").is_some_and(|v| v == "1") {
+        tracing::warn!("keeping the build directory {}", scratch_path.display());
+        Some(scratch.keep())
+    } else {
+        None
+    };
+    let farm_dir = scratch_path.join("tree");
+    let helper = "include/graft/patch.h".to_string();
+    let mut real = touched.clone();
+    real.push(helper.clone());
+    farm::create(&kernel.source_dir(), &farm_dir, &real)?;
+    let helper_path = farm_dir.join(&helper);
+    fs::write(&helper_path, PATCH_HELPER)
+        .map_err(|e| BuildError::io("writing", &helper_path, e))?;
     for p in &patches {
         patchset::apply(p, &farm_dir)?;
     }
@@ -323,6 +341,24 @@ pub fn build(
         .zip(&parsed)
         .map(|(u, (pre, post))| graft_diff::diff_unit(&u.source, pre, post))
         .collect();
+    let mut diffs = diffs;
+    let mut callbacks: Vec<(usize, String, String)> = Vec::new();
+    for (i, (diff, (_, post))) in diffs.iter_mut().zip(&parsed).enumerate() {
+        for (kind, function) in directives(post) {
+            if kind == "force" {
+                if let Some(v) = diff
+                    .functions
+                    .iter_mut()
+                    .find(|v| v.name == function && v.verdict == Verdict::Unchanged)
+                {
+                    v.verdict = Verdict::Changed;
+                    v.reason = Some("marked GRAFT_ALWAYS_INCLUDE".into());
+                }
+            } else {
+                callbacks.push((i, kind, function));
+            }
+        }
+    }
     let refusals: Vec<Refusal> = diffs.iter().flat_map(|d| d.refusals.clone()).collect();
     if !refusals.is_empty() {
         return Err(BuildError::Refused(refusals));
@@ -405,7 +441,7 @@ pub fn build(
     }
     phases.mark("run-pre");
 
-    let work = scratch.path().join("module");
+    let work = scratch_path.join("module");
     fs::create_dir_all(&work).map_err(|e| BuildError::io("creating", &work, e))?;
     let symvers = module::symvers(kernel)?;
     let mut spec = ModuleSpec {
@@ -414,7 +450,19 @@ pub fn build(
         objects: BTreeMap::new(),
         patch_objects: Vec::new(),
         resolutions: HashMap::new(),
+        callbacks: BTreeMap::new(),
     };
+    for (i, kind, function) in &callbacks {
+        let object = units[*i].parent.object_name().to_string();
+        let list = spec.callbacks.entry(object.clone()).or_default();
+        if list.iter().any(|(k, _)| k == kind) {
+            return Err(BuildError::Unsupported(format!(
+                "{object} has two GRAFT_{} callbacks",
+                kind.to_uppercase()
+            )));
+        }
+        list.push((kind.clone(), graft_diff::new_function_name(function, *i)));
+    }
     let mut manifest_functions = Vec::new();
     let mut new_functions = Vec::new();
     for (i, ((unit, diff), (pre, post))) in units.iter().zip(&diffs).zip(&parsed).enumerate() {
@@ -535,6 +583,25 @@ pub fn build(
             .collect(),
         timings: phases.0,
     })
+}
+
+/// The `graft/patch.h` directives in a post object: (kind, function name), kind being
+/// `force` or a callback kind.
+fn directives(post: &ElfObject) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for section in &post.sections {
+        let Some(kind) = section.name.strip_prefix(".graft.") else {
+            continue;
+        };
+        for r in section.relocs() {
+            if let graft_diff::correlate::Target::Symbol { symbol, .. } =
+                graft_diff::correlate::target_of(post, r)
+            {
+                out.push((kind.to_string(), post.symbols[symbol].name.clone()));
+            }
+        }
+    }
+    out
 }
 
 /// Most units a header change may reach before graft refuses: a patch that replaces code in

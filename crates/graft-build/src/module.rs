@@ -62,6 +62,8 @@ pub struct ModuleSpec {
     pub patch_objects: Vec<PathBuf>,
     /// Resolution of each undefined symbol of the patch objects, by placeholder name.
     pub resolutions: HashMap<String, Resolution>,
+    /// Callbacks by object: (kind, e.g. `pre_patch`, symbol in the patch object).
+    pub callbacks: BTreeMap<String, Vec<(String, String)>>,
 }
 
 fn hook_source(spec: &ModuleSpec) -> String {
@@ -72,7 +74,12 @@ fn hook_source(spec: &ModuleSpec) -> String {
     );
     let mut n = 0;
     let mut tables = Vec::new();
-    for (object, funcs) in &spec.objects {
+    let mut objects: Vec<&String> = spec.objects.keys().chain(spec.callbacks.keys()).collect();
+    objects.sort();
+    objects.dedup();
+    let none = Vec::new();
+    for object in objects {
+        let funcs = spec.objects.get(object).unwrap_or(&none);
         let table = format!("graft_funcs_{}", tables.len());
         let mut entries = String::new();
         for f in funcs {
@@ -92,16 +99,31 @@ fn hook_source(spec: &ModuleSpec) -> String {
             c,
             "\nstatic struct klp_func {table}[] = {{\n{entries}\t{{ }}\n}};\n"
         );
-        tables.push((object.clone(), table));
+        let mut callbacks = String::new();
+        for (kind, symbol) in spec.callbacks.get(object).into_iter().flatten() {
+            let ret = if kind == "pre_patch" { "int" } else { "void" };
+            let _ = writeln!(
+                c,
+                "extern {ret} graft_cb_{n}(struct klp_object *) __asm__(\"{symbol}\");"
+            );
+            let _ = write!(callbacks, " .{kind} = graft_cb_{n},");
+            n += 1;
+        }
+        tables.push((object.clone(), table, callbacks));
     }
     c.push_str("static struct klp_object graft_objects[] = {\n");
-    for (object, table) in &tables {
+    for (object, table, callbacks) in &tables {
         let name = if object == "vmlinux" {
             "NULL".to_string()
         } else {
             format!("\"{object}\"")
         };
-        let _ = writeln!(c, "\t{{ .name = {name}, .funcs = {table} }},");
+        let callbacks = if callbacks.is_empty() {
+            String::new()
+        } else {
+            format!(", .callbacks = {{{callbacks} }}")
+        };
+        let _ = writeln!(c, "\t{{ .name = {name}, .funcs = {table}{callbacks} }},");
     }
     c.push_str("\t{ }\n};\n\n");
     let _ = writeln!(
@@ -195,7 +217,7 @@ pub fn build_module(kernel: &Kernel, spec: &ModuleSpec, dir: &Path) -> Result<Ve
     let bytes = fs::read(&ko).map_err(|e| BuildError::io("reading", &ko, e))?;
     let mut module = ElfObject::parse(&ko.display().to_string(), &bytes)?;
     convert(&mut module, &spec.resolutions)?;
-    let written = module.write(&spec.name)?;
+    let written = with_content_build_id(&mut module, &spec.name)?;
     let reparsed = ElfObject::parse(&format!("{} (converted)", spec.name), &written)?;
     let exported = exported_symbols(kernel)?;
     let violations = graft_elf::check_livepatch_module(&reparsed, &|name| exported.contains(name));
@@ -207,6 +229,28 @@ pub fn build_module(kernel: &Kernel, spec: &ModuleSpec, dir: &Path) -> Result<Ve
         )));
     }
     Ok(written)
+}
+
+/// Serialises the module with a GNU build-id derived from its final contents. The linker's
+/// id also covered the debug information (which names the scratch directory) that conversion
+/// drops; deriving it again makes the same inputs give a byte-identical module.
+fn with_content_build_id(module: &mut ElfObject, name: &str) -> Result<Vec<u8>, BuildError> {
+    use sha2::Digest;
+    let Some(note) = module.section_index(".note.gnu.build-id") else {
+        return Ok(module.write(name)?);
+    };
+    // Note layout: namesz, descsz, type (4 bytes each), "GNU\0", then the id.
+    const DESC: usize = 16;
+    let len = module.sections[note].data.len();
+    if len <= DESC {
+        return Ok(module.write(name)?);
+    }
+    module.sections[note].data[DESC..].fill(0);
+    let zeroed = module.write(name)?;
+    let digest = sha2::Sha256::digest(&zeroed);
+    let id_len = len - DESC;
+    module.sections[note].data[DESC..].copy_from_slice(&digest[..id_len.min(digest.len())]);
+    Ok(module.write(name)?)
 }
 
 /// Rewrites references to livepatch-resolved symbols into the livepatch format.

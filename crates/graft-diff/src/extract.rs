@@ -53,6 +53,15 @@ pub struct PatchObject {
     pub externals: Vec<External>,
 }
 
+/// The symbol the patch object gives the copy of function `name` of unit `unit_index`.
+pub fn new_function_name(name: &str, unit_index: usize) -> String {
+    if unit_index == 0 {
+        format!("{NEW_FUNCTION_PREFIX}{name}")
+    } else {
+        format!("{NEW_FUNCTION_PREFIX}{unit_index}_{name}")
+    }
+}
+
 struct Carved {
     start: u64,
     end: u64,
@@ -117,7 +126,8 @@ pub fn extract(
         let is_replacement =
             verdict.is_some_and(|v| v.verdict == Verdict::Changed) && !is_cold_part(&sym.name);
         let new_name = x.new_name(&sym.name);
-        x.carve(q, &new_name, is_replacement)?;
+        // Global, so the hook can name replacements and callbacks; the names are unique.
+        x.carve(q, &new_name, true)?;
         match verdict {
             Some(v) if is_replacement => functions.push(PatchedFunction {
                 name: v.pre_name.clone().unwrap_or_else(|| v.name.clone()),
@@ -146,11 +156,7 @@ pub fn extract(
 
 impl Extractor<'_> {
     fn new_name(&self, name: &str) -> String {
-        if self.unit_index == 0 {
-            format!("{NEW_FUNCTION_PREFIX}{name}")
-        } else {
-            format!("{NEW_FUNCTION_PREFIX}{}_{name}", self.unit_index)
-        }
+        new_function_name(name, self.unit_index)
     }
 
     fn refuse(&self, what: String) -> Refusal {

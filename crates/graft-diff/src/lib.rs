@@ -25,7 +25,7 @@ pub mod special;
 
 pub use compare::{diff_unit, FunctionVerdict, UnitDiff, Verdict};
 pub use correlate::Correlation;
-pub use extract::{extract, External, PatchObject, PatchedFunction};
+pub use extract::{extract, new_function_name, External, PatchObject, PatchedFunction};
 pub use naming::{base_name, is_cold_part, NEW_FUNCTION_PREFIX};
 
 /// Reasons a patch cannot be a live patch, each naming what and where.
