@@ -299,7 +299,15 @@ pub fn build(
     );
     let mut units = Vec::new();
     for (i, source) in sources.iter().enumerate() {
-        units.push(compile::prepare_unit(kernel, cache, source)?);
+        match compile::prepare_unit(kernel, cache, source) {
+            Ok(unit) => units.push(unit),
+            // Some sources are compiled only as part of another (kernel/sched/build_utility.c
+            // includes kernel/sched/debug.c): those are handled like headers.
+            Err(BuildError::CompileFailed { .. }) if includers_exist(kernel, cache, source)? => {
+                headers.push(source.clone())
+            }
+            Err(e) => return Err(e),
+        }
         task.set(i as u64 + 1);
     }
     task.finish(&format!("{} units", units.len()));
@@ -604,17 +612,15 @@ fn directives(post: &ElfObject) -> Vec<(String, String)> {
     out
 }
 
-/// Most units a header change may reach before graft refuses: a patch that replaces code in
-/// more places than this is no longer a live patch anyone should review.
-const MAX_HEADER_UNITS: usize = 64;
+/// Whether other units `#include` the source `file`.
+fn includers_exist(kernel: &Kernel, cache: &Cache, file: &str) -> Result<bool, BuildError> {
+    Ok(!include_graph(kernel, cache)?
+        .candidate_units(file)
+        .is_empty())
+}
 
-/// The units of the target that include `header`, by the compiler's own dependency lists.
-fn units_including(
-    kernel: &Kernel,
-    cache: &Cache,
-    header: &str,
-    progress: &SharedProgress,
-) -> Result<Vec<Unit>, BuildError> {
+/// The target's include graph, scanned once and cached.
+fn include_graph(kernel: &Kernel, cache: &Cache) -> Result<includes::IncludeGraph, BuildError> {
     let entry = cache.entry("objects", &kernel.target().key());
     {
         let lock = entry.lock()?;
@@ -627,8 +633,22 @@ fn units_including(
     }
     let graph_path = entry.path("include-graph.json");
     let text = fs::read(&graph_path).map_err(|e| BuildError::io("reading", &graph_path, e))?;
-    let graph: includes::IncludeGraph = serde_json::from_slice(&text)
-        .map_err(|e| BuildError::Unsupported(format!("{}: {e}", graph_path.display())))?;
+    serde_json::from_slice(&text)
+        .map_err(|e| BuildError::Unsupported(format!("{}: {e}", graph_path.display())))
+}
+
+/// Most units a header change may reach before graft refuses: a patch that replaces code in
+/// more places than this is no longer a live patch anyone should review.
+const MAX_HEADER_UNITS: usize = 64;
+
+/// The units of the target that include `header`, by the compiler's own dependency lists.
+fn units_including(
+    kernel: &Kernel,
+    cache: &Cache,
+    header: &str,
+    progress: &SharedProgress,
+) -> Result<Vec<Unit>, BuildError> {
+    let graph = include_graph(kernel, cache)?;
     let candidates = graph.candidate_units(header);
     if candidates.len() > MAX_HEADER_UNITS {
         return Err(BuildError::Unsupported(format!(

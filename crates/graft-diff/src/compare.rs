@@ -324,6 +324,7 @@ pub fn diff_unit(unit: &str, pre: &ElfObject, post: &ElfObject) -> UnitDiff {
                 unit: unit.to_string(),
                 function: v.name.clone(),
                 section: v.section.clone(),
+                reason: v.reason.clone().unwrap_or_default(),
             });
         } else if !is_cold_part(&v.name) {
             let traceable = v
@@ -348,6 +349,7 @@ pub fn diff_unit(unit: &str, pre: &ElfObject, post: &ElfObject) -> UnitDiff {
             unit: unit.to_string(),
             function: v.name.clone(),
             section: v.section.clone(),
+            reason: "new".into(),
         });
     }
     refusals.extend(changed_data(unit, pre, post, &correlation));

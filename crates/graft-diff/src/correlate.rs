@@ -42,16 +42,22 @@ pub fn target_of(object: &ElfObject, reloc: &Reloc) -> Target {
         .filter(|(_, s)| matches!(s.kind, elf::STT_FUNC | elf::STT_OBJECT | elf::STT_NOTYPE))
         .collect();
     let pc_relative = graft_elf::x86_64::reloc_kind(reloc.r_type).is_some_and(|k| k.pc_relative);
-    let place = reloc.addend + if pc_relative { 4 } else { 0 };
+    // A PC-relative field is followed by the rest of its instruction: 4 more bytes for the
+    // field itself, plus 1, 2 or 4 for an immediate operand (`cmpb $0, flag(%rip)` has -5).
+    let places: &[i64] = if pc_relative { &[4, 5, 6, 8] } else { &[0] };
     let sized: Vec<_> = named.iter().filter(|(_, s)| s.size > 0).collect();
     let pick = if sized.len() == 1 {
         Some(*sized[0])
     } else {
-        named
-            .iter()
-            .find(|(_, s)| place >= s.value as i64 && place < (s.value + s.size.max(1)) as i64)
-            .copied()
+        places.iter().find_map(|bias| {
+            let place = reloc.addend + bias;
+            named
+                .iter()
+                .find(|(_, s)| place >= s.value as i64 && place < (s.value + s.size.max(1)) as i64)
+                .copied()
+        })
     };
+
     match pick {
         Some((index, s)) => Target::Symbol {
             symbol: index,
@@ -120,11 +126,22 @@ impl Correlation {
             }
         };
         let kind = |o: &ElfObject, i: usize| o.symbols[i].kind;
-        pass(
-            &mut corr,
-            &|i| format!("{}/{}", pre.symbols[i].name, kind(pre, i)),
-            &|i| format!("{}/{}", post.symbols[i].name, kind(post, i)),
-        );
+        // GCC numbers static locals and clones per unit (`x.12`): adding one renumbers the
+        // rest, so such names identify nothing by themselves and never pair by exact name.
+        let numbered = |o: &ElfObject, i: usize| {
+            o.symbols[i].is_local() && base_name(&o.symbols[i].name) != o.symbols[i].name
+        };
+        let exact = |o: &ElfObject, i: usize, side: &str| {
+            if numbered(o, i) {
+                format!("\0{side}{i}")
+            } else {
+                format!("{}/{}", o.symbols[i].name, kind(o, i))
+            }
+        };
+        pass(&mut corr, &|i| exact(pre, i, "pre"), &|i| {
+            exact(post, i, "post")
+        });
+
         pass(
             &mut corr,
             &|i| format!("{}/{}", base_name(&pre.symbols[i].name), kind(pre, i)),
@@ -149,6 +166,47 @@ impl Correlation {
                 )
             },
         );
+        // Several statics of one name used by the same functions (two `__key`s of lock
+        // initialisations, two `__func__`s): pair them in the order the code first uses them.
+        let pre_uses = uses(pre);
+        let post_uses = uses(post);
+        let mut groups: HashMap<String, (Vec<(String, u64, usize)>, Vec<(String, u64, usize)>)> =
+            HashMap::new();
+        for &i in pre_syms
+            .iter()
+            .filter(|i| !corr.pre_to_post.contains_key(i))
+        {
+            if let Some((users, first)) = pre_uses.get(&i) {
+                let key = format!("{}/{:?}", base_name(&pre.symbols[i].name), users);
+                groups
+                    .entry(key)
+                    .or_default()
+                    .0
+                    .push((first.0.clone(), first.1, i));
+            }
+        }
+        for &i in post_syms
+            .iter()
+            .filter(|i| !corr.post_to_pre.contains_key(i))
+        {
+            if let Some((users, first)) = post_uses.get(&i) {
+                let key = format!("{}/{:?}", base_name(&post.symbols[i].name), users);
+                groups
+                    .entry(key)
+                    .or_default()
+                    .1
+                    .push((first.0.clone(), first.1, i));
+            }
+        }
+        for (_, (mut pres, mut posts)) in groups {
+            if pres.len() == posts.len() && pres.len() > 1 {
+                pres.sort();
+                posts.sort();
+                for (a, b) in pres.iter().zip(&posts) {
+                    corr.insert(a.2, b.2);
+                }
+            }
+        }
         corr
     }
 
@@ -170,7 +228,16 @@ impl Correlation {
 
 /// For each data symbol, the base names of the functions whose code references it.
 fn users(object: &ElfObject) -> HashMap<usize, BTreeSet<String>> {
-    let mut out: HashMap<usize, BTreeSet<String>> = HashMap::new();
+    uses(object)
+        .into_iter()
+        .map(|(k, (users, _))| (k, users))
+        .collect()
+}
+
+/// For each referenced symbol: the base names of the functions that reference it, and where
+/// it is first referenced (function base name, offset in it), in code order.
+fn uses(object: &ElfObject) -> HashMap<usize, (BTreeSet<String>, (String, u64))> {
+    let mut out: HashMap<usize, (BTreeSet<String>, (String, u64))> = HashMap::new();
     for (index, section) in object.sections.iter().enumerate() {
         if !section.is_exec() {
             continue;
@@ -180,16 +247,24 @@ fn users(object: &ElfObject) -> HashMap<usize, BTreeSet<String>> {
             .map(|(_, s)| s)
             .filter(|s| s.kind == elf::STT_FUNC)
             .collect();
-        for reloc in section.relocs() {
+        let mut relocs: Vec<&Reloc> = section.relocs().collect();
+        relocs.sort_by_key(|r| r.offset);
+        for reloc in relocs {
             let Target::Symbol { symbol, .. } = target_of(object, reloc) else {
                 continue;
             };
-            let user = functions
+            let (user, at) = functions
                 .iter()
                 .find(|f| reloc.offset >= f.value && reloc.offset < f.value + f.size.max(1))
-                .map(|f| base_name(&f.name))
-                .unwrap_or_else(|| section.name.clone());
-            out.entry(symbol).or_default().insert(user);
+                .map(|f| (base_name(&f.name), reloc.offset - f.value))
+                .unwrap_or_else(|| (section.name.clone(), reloc.offset));
+            let entry = out
+                .entry(symbol)
+                .or_insert_with(|| (BTreeSet::new(), (user.clone(), at)));
+            entry.0.insert(user.clone());
+            if (user.as_str(), at) < (entry.1 .0.as_str(), entry.1 .1) {
+                entry.1 = (user, at);
+            }
         }
     }
     out

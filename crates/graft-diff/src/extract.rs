@@ -265,8 +265,10 @@ impl Extractor<'_> {
                             return Ok((self.external(symbol)?, addend));
                         }
                         let is_new = self.diff.correlation.pre_of(symbol).is_none();
+                        // Read-only data without a name of its own in kallsyms (function
+                        // names, assembler-local `.L` constants) is copied, not referenced.
                         let constant = !sec.flags & u64::from(elf::SHF_WRITE) != 0
-                            && is_function_name_constant(&sym.name);
+                            && (is_function_name_constant(&sym.name) || sym.name.starts_with(".L"));
                         if is_new || constant {
                             self.copy_section(section)?;
                             let out = self.copied_symbols[&symbol];
@@ -374,11 +376,18 @@ impl Extractor<'_> {
             return Ok(out);
         }
         // Statics of the same name can exist in several units: keep their placeholders apart.
+        // Dots stay out of placeholders: modpost trims `.N` suffixes when it reports names.
         let placeholder = if local {
-            format!("__graft_local_{}_{}", self.unit_index, name)
+            format!(
+                "__graft_local_{}_{}_{}",
+                self.unit_index,
+                self.external_list.len(),
+                name.replace('.', "_")
+            )
         } else {
             name.clone()
         };
+
         self.out.symbols.push(Symbol {
             name: placeholder.clone(),
             kind: elf::STT_NOTYPE,

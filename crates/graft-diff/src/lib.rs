@@ -33,7 +33,7 @@ pub use naming::{base_name, is_cold_part, NEW_FUNCTION_PREFIX};
 pub enum Refusal {
     /// An `__init`/`__exit` function changed: it ran at boot (or runs at unload) and cannot be
     /// redone by a live patch.
-    #[error("{unit}: {function} is in {section} and changed: init and exit code cannot be live patched; move the change into a callback (graft/patch.h: GRAFT_PRE_PATCH) if it must run")]
+    #[error("{unit}: {function} is in {section} and changed ({reason}): init and exit code cannot be live patched; move the change into a callback (graft/patch.h: GRAFT_PRE_PATCH) if it must run")]
     InitCode {
         /// The translation unit.
         unit: String,
@@ -41,7 +41,10 @@ pub enum Refusal {
         function: String,
         /// Its section.
         section: String,
+        /// What changed.
+        reason: String,
     },
+
     /// Existing initialized data changed.
     #[error("{unit}: the patch changes the initialized data {symbol} (section {section}): a live patch cannot change existing data; keep the old value and add a shadow variable (klp_shadow_*) or change it from a callback")]
     ChangedData {
