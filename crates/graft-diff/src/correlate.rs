@@ -70,6 +70,9 @@ pub fn target_of(object: &ElfObject, reloc: &Reloc) -> Target {
     }
 }
 
+/// Where a symbol is first used: (function base name, offset, symbol index).
+type FirstUse = (String, u64, usize);
+
 /// The post-to-pre symbol pairing of one unit.
 #[derive(Clone, Debug, Default)]
 pub struct Correlation {
@@ -170,8 +173,7 @@ impl Correlation {
         // initialisations, two `__func__`s): pair them in the order the code first uses them.
         let pre_uses = uses(pre);
         let post_uses = uses(post);
-        let mut groups: HashMap<String, (Vec<(String, u64, usize)>, Vec<(String, u64, usize)>)> =
-            HashMap::new();
+        let mut groups: HashMap<String, (Vec<FirstUse>, Vec<FirstUse>)> = HashMap::new();
         for &i in pre_syms
             .iter()
             .filter(|i| !corr.pre_to_post.contains_key(i))
