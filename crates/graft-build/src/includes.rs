@@ -217,6 +217,27 @@ mod tests {
     }
 
     #[test]
+    fn definitions_around_changed_lines() {
+        let text = "#ifndef X\n#define X\nstatic inline void seq_show_option(struct seq_file *m,\n\t\tconst char *name)\n{\n\tseq_putc(m, ',');\n}\n#define seq_show_option_n(m, n) \\\n\tdo { } while (0)\n#endif\n";
+        assert_eq!(
+            enclosing_definitions(text, &[6]).unwrap(),
+            BTreeSet::from(["seq_show_option".to_string()])
+        );
+        assert_eq!(
+            enclosing_definitions(text, &[9]).unwrap(),
+            BTreeSet::from(["seq_show_option_n".to_string()])
+        );
+        assert!(mentions(
+            "x = seq_show_option(m);",
+            &BTreeSet::from(["seq_show_option".to_string()])
+        ));
+        assert!(!mentions(
+            "seq_show_options",
+            &BTreeSet::from(["seq_show_option".to_string()])
+        ));
+    }
+
+    #[test]
     fn reverse_closure() {
         let mut g = IncludeGraph::default();
         g.included_by
@@ -232,5 +253,128 @@ mod tests {
             .or_default()
             .insert("y.c".into());
         assert_eq!(g.candidate_units("a.h"), ["x.c", "y.c"]);
+    }
+}
+
+/// The names of the definitions (functions, macros) that enclose the given lines (1-based), or
+/// None when a line lies outside any definition graft can name (then nothing can be narrowed).
+pub fn enclosing_definitions(text: &str, lines: &[usize]) -> Option<BTreeSet<String>> {
+    let all: Vec<&str> = text.lines().collect();
+    let mut names = BTreeSet::new();
+    for &line in lines {
+        names.insert(definition_at(
+            &all,
+            line.saturating_sub(1).min(all.len().saturating_sub(1)),
+        )?);
+    }
+    Some(names)
+}
+
+fn identifier_before_paren(line: &str) -> Option<String> {
+    let head = &line[..line.find('(')?];
+    let name: String = head
+        .chars()
+        .rev()
+        .skip_while(|c| c.is_whitespace())
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    (!name.is_empty()).then_some(name)
+}
+
+/// The definition line `index` belongs to: the nearest line above at column 0 that opens a
+/// function (`... name(`) or a macro (`#define name`).
+fn definition_at(lines: &[&str], index: usize) -> Option<String> {
+    for i in (0..=index).rev() {
+        let line = lines[i];
+        if let Some(rest) = line.strip_prefix("#define") {
+            let name: String = rest
+                .trim_start()
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            return (!name.is_empty()).then_some(name);
+        }
+        if i < index
+            && (line.starts_with('}') || line.starts_with("#endif") || line.starts_with("#include"))
+        {
+            return None;
+        }
+        let starts_code = line
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+        if starts_code && line.contains('(') && !line.trim_end().ends_with(';') {
+            return identifier_before_paren(line);
+        }
+    }
+    None
+}
+
+fn mentions(text: &str, names: &BTreeSet<String>) -> bool {
+    names.iter().any(|name| {
+        text.match_indices(name.as_str()).any(|(at, _)| {
+            let before = text[..at].chars().next_back();
+            let after = text[at + name.len()..].chars().next();
+            let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+            !word(before) && !word(after)
+        })
+    })
+}
+
+impl IncludeGraph {
+    /// Like [`IncludeGraph::candidate_units`], keeping only units whose own text, or the text
+    /// of a header between them and `header`, mentions one of `names` (the changed definitions,
+    /// grown by the definitions of `header` that use them).
+    pub fn candidate_units_using(
+        &self,
+        tree: &Path,
+        header: &str,
+        names: &BTreeSet<String>,
+    ) -> Vec<String> {
+        let mut names = names.clone();
+        if let Ok(text) = fs::read_to_string(tree.join(header)) {
+            let lines: Vec<&str> = text.lines().collect();
+            for _ in 0..5 {
+                let before = names.len();
+                for (i, line) in lines.iter().enumerate() {
+                    if mentions(line, &names) {
+                        if let Some(def) = definition_at(&lines, i) {
+                            names.insert(def);
+                        }
+                    }
+                }
+                if names.len() == before {
+                    break;
+                }
+            }
+        }
+        let mut seen = BTreeSet::new();
+        let mut queue = VecDeque::from([header.to_string()]);
+        let mut users = BTreeSet::new();
+        while let Some(h) = queue.pop_front() {
+            for user in self.included_by.get(&h).into_iter().flatten() {
+                if !seen.insert(user.clone()) {
+                    continue;
+                }
+                let text = fs::read_to_string(tree.join(user)).unwrap_or_default();
+                if mentions(&text, &names) {
+                    users.insert(user.clone());
+                } else if user.ends_with(".h") {
+                    queue.push_back(user.clone());
+                }
+            }
+        }
+        let mut units = BTreeSet::new();
+        for user in users {
+            if user.ends_with(".c") {
+                units.insert(user);
+            } else {
+                units.extend(self.candidate_units(&user));
+            }
+        }
+        units.into_iter().collect()
     }
 }

@@ -312,7 +312,18 @@ pub fn build(
     }
     task.finish(&format!("{} units", units.len()));
     for header in &headers {
-        for unit in units_including(kernel, cache, header, progress)? {
+        // Narrow a header change to the definitions it touches, when they can be named.
+        let definitions = if header.ends_with(".h") {
+            let lines: Vec<usize> = patches
+                .iter()
+                .flat_map(|p| patchset::changed_lines(&p.text, header))
+                .collect();
+            let text = fs::read_to_string(farm_dir.join(header)).unwrap_or_default();
+            includes::enclosing_definitions(&text, &lines)
+        } else {
+            None
+        };
+        for unit in units_including(kernel, cache, header, definitions.as_ref(), progress)? {
             if !units.iter().any(|u: &Unit| u.source == unit.source) {
                 units.push(unit);
             }
@@ -504,9 +515,31 @@ pub fn build(
         }
         new_functions.extend(patch.new_functions.iter().map(|n| format!("{object}:{n}")));
         for ext in &patch.externals {
-            let exported_by = symvers.get(&ext.name).map(String::as_str);
+            // Module.symvers names exporters by path (net/ceph/libceph); modules go by name.
+            let exported_by = symvers
+                .get(&ext.name)
+                .map(|p| graft_kernel::normalize_name(p.rsplit('/').next().unwrap_or(p)));
+            let exported_by = exported_by.as_deref();
             let resolution = if !ext.local && exported_by == Some("vmlinux") {
                 Resolution::Exported(ext.name.clone())
+            } else if let (false, Some(exporter), false) =
+                (ext.local, exported_by, object == "vmlinux")
+            {
+                // Exported by a module: resolved by the livepatch core when the patched module
+                // (which needs the exporter loaded) arrives, so the patch itself needs nothing.
+                let pos = position(
+                    exporter,
+                    &ext.name,
+                    &vmlinux_symbols,
+                    &module_symbols,
+                    &pins,
+                )?;
+                Resolution::Livepatch {
+                    patched: object.clone(),
+                    object: exporter.to_string(),
+                    name: ext.name.clone(),
+                    sympos: pos,
+                }
             } else if !ext.local && object == "vmlinux" && exported_by.is_some() {
                 return Err(BuildError::Unsupported(format!(
                     "{}: the patched code uses {}, exported by module {}, which a vmlinux patch cannot depend on",
@@ -523,6 +556,7 @@ pub fn build(
                         other => other,
                     })?;
                 Resolution::Livepatch {
+                    patched: object.clone(),
                     object: object.clone(),
                     name: ext.name.clone(),
                     sympos: pos,
@@ -597,13 +631,13 @@ pub fn build(
 /// `force` or a callback kind.
 fn directives(post: &ElfObject) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for section in &post.sections {
+    for (index, section) in post.sections.iter().enumerate() {
         let Some(kind) = section.name.strip_prefix(".graft.") else {
             continue;
         };
         for r in section.relocs() {
             if let graft_diff::correlate::Target::Symbol { symbol, .. } =
-                graft_diff::correlate::target_of(post, r)
+                graft_diff::correlate::target_of(post, index, r)
             {
                 out.push((kind.to_string(), post.symbols[symbol].name.clone()));
             }
@@ -646,13 +680,24 @@ fn units_including(
     kernel: &Kernel,
     cache: &Cache,
     header: &str,
+    definitions: Option<&std::collections::BTreeSet<String>>,
     progress: &SharedProgress,
 ) -> Result<Vec<Unit>, BuildError> {
     let graph = include_graph(kernel, cache)?;
-    let candidates = graph.candidate_units(header);
+    let candidates = match definitions {
+        Some(names) => graph.candidate_units_using(&kernel.source_dir(), header, names),
+        None => graph.candidate_units(header),
+    };
     if candidates.len() > MAX_HEADER_UNITS {
+        let what = match definitions {
+            Some(names) => format!(
+                "units that may use {}",
+                names.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+            None => "units that may include it".to_string(),
+        };
         return Err(BuildError::Unsupported(format!(
-            "{header} may be included by {} units (more than {MAX_HEADER_UNITS}): a live patch of it would replace code all over the kernel; patch the functions that need the fix instead",
+            "{header}: {} {what} (more than {MAX_HEADER_UNITS}): a live patch of it would replace code all over the kernel; patch the functions that need the fix instead",
             candidates.len()
         )));
     }

@@ -41,8 +41,10 @@ pub struct KlpFunc {
 pub enum Resolution {
     /// By the module loader: exported.
     Exported(String),
-    /// By the livepatch core: object, name, sympos.
+    /// By the livepatch core when `patched` (vmlinux or a module) is patched: the symbol
+    /// `name` at `sympos` of `object` (the same object, or a module `patched` depends on).
     Livepatch {
+        patched: String,
         object: String,
         name: String,
         sympos: u32,
@@ -282,6 +284,7 @@ fn convert(
         }
         match resolutions.get(&sym.name) {
             Some(Resolution::Livepatch {
+                patched,
                 object,
                 name,
                 sympos,
@@ -289,7 +292,8 @@ fn convert(
                 sym.name = klp_sym_name(object, name, *sympos);
                 sym.section = SymSection::LivePatch;
                 sym.bind = elf::STB_GLOBAL;
-                klp_object.insert(i, object.clone());
+                // Relocations apply when the patched object is: they go in its sections.
+                klp_object.insert(i, patched.clone());
             }
             Some(Resolution::Exported(name)) => sym.name = name.clone(),
             None => {}

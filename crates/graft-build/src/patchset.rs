@@ -111,8 +111,56 @@ mod tests {
     use super::*;
 
     #[test]
+    fn changed_lines_in_the_patched_file() {
+        let text = "--- a/x.h\n+++ b/x.h\n@@ -10,4 +10,5 @@ ctx\n a\n-b\n+c\n+d\n e\n";
+        assert_eq!(changed_lines(text, "x.h"), [11, 11, 12]);
+        assert!(changed_lines(text, "y.h").is_empty());
+    }
+
+    #[test]
     fn files_from_plus_lines() {
         let text = "diff --git a/fs/proc/cmdline.c b/fs/proc/cmdline.c\n--- a/fs/proc/cmdline.c\n+++ b/fs/proc/cmdline.c\t2024-01-01\n@@ -1 +1 @@\n-a\n+b\n--- /dev/null\n+++ b/kernel/new.c\n";
         assert_eq!(touched_files(text), ["fs/proc/cmdline.c", "kernel/new.c"]);
     }
+}
+
+/// Lines of `file` (1-based, in the patched version) that the patch adds, or next to which it
+/// removes lines.
+pub fn changed_lines(text: &str, file: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut in_file = false;
+    let mut post = 0usize;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("+++ ") {
+            let path = rest.split('\t').next().unwrap_or_default().trim();
+            in_file = path.split_once('/').map(|(_, p)| p) == Some(file);
+            continue;
+        }
+        if line.starts_with("--- ") && !line.starts_with("--- a") && !in_file {
+            continue;
+        }
+        if !in_file {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("@@ ") {
+            // @@ -a,b +c,d @@
+            post = rest
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix('+'))
+                .and_then(|w| w.split(',').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            continue;
+        }
+        match line.as_bytes().first() {
+            Some(b'+') => {
+                out.push(post);
+                post += 1;
+            }
+            Some(b'-') => out.push(post),
+            Some(b' ') | None => post += 1,
+            _ => {}
+        }
+    }
+    out
 }

@@ -194,6 +194,9 @@ fn compare_at(
             ours[at], theirs[at]
         ));
     }
+    let SymSection::Section(section_index) = sym.section else {
+        return Err("the function has no section".into());
+    };
     let mut pins = Pins::default();
     for r in &relocs {
         let kind =
@@ -202,7 +205,7 @@ fn compare_at(
         let value = read_value(&theirs[at..], kind)
             .ok_or_else(|| "truncated relocation field".to_string())?;
         let referenced = referenced_address(value, kind, address + at as u64);
-        match target_of(pre, r) {
+        match target_of(pre, section_index, r) {
             Target::Symbol { symbol, addend } => {
                 let target = &pre.symbols[symbol];
                 let symbol_address = referenced.wrapping_sub(addend as u64);
@@ -237,7 +240,7 @@ fn compare_at(
             }
             Target::Section { section, addend } => {
                 let sec = &pre.sections[section];
-                let bias = if kind.pc_relative { 4 } else { 0 };
+                let bias = field_bias(pre, section_index, r);
                 if sec.flags & u64::from(object::elf::SHF_STRINGS) != 0 {
                     let ours = string_at(&sec.data, addend + bias);
                     let theirs = image.string(referenced.wrapping_add(bias as u64));
@@ -332,17 +335,31 @@ pub fn match_module_function(
     })
 }
 
+/// For a relocated field in code: the distance from the field to the end of its instruction,
+/// which PC-relative addressing counts from (0 for absolute fields).
+fn field_bias(object: &ElfObject, section: usize, r: &graft_elf::Reloc) -> i64 {
+    if !reloc_kind(r.r_type).is_some_and(|k| k.pc_relative) {
+        return 0;
+    }
+    let sec = &object.sections[section];
+    object
+        .symbols_in(section)
+        .map(|(_, s)| s)
+        .find(|s| {
+            s.kind == object::elf::STT_FUNC && r.offset >= s.value && r.offset < s.value + s.size
+        })
+        .and_then(|f| graft_diff::correlate::instruction_end(&sec.data, f.value, f.size, r.offset))
+        .map(|end| end as i64 - r.offset as i64)
+        .unwrap_or(4)
+}
+
 /// Name (or string contents) a relocation targets, for comparison across objects.
-fn target_name(object: &ElfObject, r: &graft_elf::Reloc) -> String {
-    match target_of(object, r) {
+fn target_name(object: &ElfObject, section_of_reloc: usize, r: &graft_elf::Reloc) -> String {
+    match target_of(object, section_of_reloc, r) {
         Target::Symbol { symbol, addend } => format!("{}{addend:+}", object.symbols[symbol].name),
         Target::Section { section, addend } => {
             let sec = &object.sections[section];
-            let bias = if reloc_kind(r.r_type).is_some_and(|k| k.pc_relative) {
-                4
-            } else {
-                0
-            };
+            let bias = field_bias(object, section_of_reloc, r);
             match string_at(&sec.data, addend + bias)
                 .filter(|_| sec.flags & u64::from(object::elf::SHF_STRINGS) != 0)
             {
@@ -399,9 +416,12 @@ fn compare_in_module(
     let mut names = Vec::new();
     for r in &relocs {
         let at = r.offset - ps.value;
-        let ours = target_name(pre, r);
+        let SymSection::Section(pre_section) = ps.section else {
+            return Err("the compiled function has no section".into());
+        };
+        let ours = target_name(pre, pre_section, r);
         let theirs = match ko_relocs.get(&at) {
-            Some(k) => target_name(ko, k),
+            Some(k) => target_name(ko, ko_section, k),
             None => {
                 // Resolved by the assembler within the section: decode the displacement.
                 let kind = reloc_kind(r.r_type)
@@ -428,7 +448,7 @@ fn compare_in_module(
                 "+{at:#x} refers to {theirs} in the running module, to {ours} in the compiled code"
             ));
         }
-        if let Target::Symbol { symbol, .. } = target_of(pre, r) {
+        if let Target::Symbol { symbol, .. } = target_of(pre, pre_section, r) {
             names.push(pre.symbols[symbol].name.clone());
         }
     }

@@ -40,6 +40,9 @@ pub struct FunctionVerdict {
     pub pre_size: Option<u64>,
     /// Size after.
     pub post_size: Option<u64>,
+    /// Whether the livepatch core redirects it (false: copied only, its callers are
+    /// replaced instead, as for changed out-of-line copies of `static inline` functions).
+    pub redirect: bool,
     /// Symbol index in the post object.
     #[serde(skip)]
     pub post_symbol: Option<usize>,
@@ -129,12 +132,15 @@ fn string_at(data: &[u8], offset: i64) -> Option<&[u8]> {
 /// Whether two relocation targets are the same thing.
 fn same_target(
     pre: &ElfObject,
-    a: &Reloc,
+    (pre_section, a): (usize, &Reloc),
     post: &ElfObject,
-    b: &Reloc,
+    (post_section, b): (usize, &Reloc),
     corr: &Correlation,
 ) -> Result<(), String> {
-    match (target_of(pre, a), target_of(post, b)) {
+    match (
+        target_of(pre, pre_section, a),
+        target_of(post, post_section, b),
+    ) {
         (
             Target::Symbol {
                 symbol: sa,
@@ -241,7 +247,10 @@ pub fn difference(
         if at != b.offset - qs.value || a.r_type != b.r_type {
             return Some(format!("relocation at +{at:#x} moved or changed type"));
         }
-        if let Err(why) = same_target(pre, a, post, b, corr) {
+        let (Some(sa), Some(sb)) = (section_of(pre, ps), section_of(post, qs)) else {
+            return Some("not in a section".into());
+        };
+        if let Err(why) = same_target(pre, (sa, a), post, (sb, b), corr) {
             return Some(format!("+{at:#x} {why}"));
         }
     }
@@ -284,6 +293,7 @@ pub fn diff_unit(unit: &str, pre: &ElfObject, post: &ElfObject) -> UnitDiff {
             reason,
             pre_size: pre_symbol.map(|p| pre.symbols[p].size),
             post_size: Some(qs.size),
+            redirect: true,
             post_symbol: Some(q),
             pre_symbol,
         });
@@ -300,6 +310,7 @@ pub fn diff_unit(unit: &str, pre: &ElfObject, post: &ElfObject) -> UnitDiff {
             reason: None,
             pre_size: Some(ps.size),
             post_size: None,
+            redirect: true,
             post_symbol: None,
             pre_symbol: Some(p),
         });
@@ -318,6 +329,57 @@ pub fn diff_unit(unit: &str, pre: &ElfObject, post: &ElfObject) -> UnitDiff {
         }
     }
 
+    // A changed function the livepatch core cannot redirect (no __fentry__: the kernel makes
+    // out-of-line copies of `static inline` functions notrace) is copied instead, and every
+    // function of the unit that calls it is replaced so the calls reach the copy. That only
+    // works for static functions reached by direct calls; anything else is refused.
+    let traceable = |v: &FunctionVerdict| {
+        v.post_symbol
+            .is_some_and(|q| is_traceable(post, &post.symbols[q]))
+            && v.pre_symbol
+                .is_some_and(|p| is_traceable(pre, &pre.symbols[p]))
+    };
+    loop {
+        let mut grew = false;
+        let copied: Vec<(usize, usize)> = verdicts
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| {
+                v.verdict == Verdict::Changed
+                    && v.redirect
+                    && !is_cold_part(&v.name)
+                    && !traceable(v)
+            })
+            .filter_map(|(i, v)| Some((i, v.post_symbol?)))
+            .collect();
+        for (i, q) in copied {
+            let sym = &post.symbols[q];
+            if !sym.is_local() || referenced_from_data(post, q) {
+                refusals.push(Refusal::NotTraceable {
+                    unit: unit.to_string(),
+                    function: verdicts[i].name.clone(),
+                });
+                verdicts[i].redirect = true;
+                continue;
+            }
+            verdicts[i].redirect = false;
+            let name = verdicts[i].name.clone();
+            for caller in callers(post, q) {
+                if let Some(v) = verdicts.iter_mut().find(|v| v.post_symbol == Some(caller)) {
+                    if v.verdict == Verdict::Unchanged {
+                        v.verdict = Verdict::Changed;
+                        v.reason = Some(format!(
+                            "calls {name}, which changed and cannot be redirected"
+                        ));
+                        grew = true;
+                    }
+                }
+            }
+        }
+        if !grew {
+            break;
+        }
+    }
     for v in verdicts.iter().filter(|v| v.verdict == Verdict::Changed) {
         if is_init_section(&v.section) {
             refusals.push(Refusal::InitCode {
@@ -326,20 +388,9 @@ pub fn diff_unit(unit: &str, pre: &ElfObject, post: &ElfObject) -> UnitDiff {
                 section: v.section.clone(),
                 reason: v.reason.clone().unwrap_or_default(),
             });
-        } else if !is_cold_part(&v.name) {
-            let traceable = v
-                .post_symbol
-                .is_some_and(|q| is_traceable(post, &post.symbols[q]))
-                && v.pre_symbol
-                    .is_some_and(|p| is_traceable(pre, &pre.symbols[p]));
-            if !traceable {
-                refusals.push(Refusal::NotTraceable {
-                    unit: unit.to_string(),
-                    function: v.name.clone(),
-                });
-            }
         }
     }
+    refusals.dedup();
     for v in verdicts
         .iter()
         .filter(|v| v.verdict == Verdict::New && is_init_section(&v.section))
@@ -359,6 +410,35 @@ pub fn diff_unit(unit: &str, pre: &ElfObject, post: &ElfObject) -> UnitDiff {
         refusals,
         correlation,
     }
+}
+
+/// Functions of `object` whose code references function symbol `target`.
+fn callers(object: &ElfObject, target: usize) -> Vec<usize> {
+    functions(object)
+        .into_iter()
+        .filter(|&f| f != target)
+        .filter(|&f| {
+            let Some(section) = section_of(object, &object.symbols[f]) else {
+                return false;
+            };
+            relocs_in(object, &object.symbols[f]).iter().any(
+                |r| matches!(target_of(object, section, r), Target::Symbol { symbol, .. } if symbol == target),
+            )
+        })
+        .collect()
+}
+
+/// Whether data (not code, not special-section bookkeeping) holds the address of `target`,
+/// e.g. an operations table: such a function is reached without a call graft can rewrite.
+fn referenced_from_data(object: &ElfObject, target: usize) -> bool {
+    object.sections.iter().enumerate().any(|(i, s)| {
+        !s.is_exec()
+            && s.is_alloc()
+            && crate::special::handling(&s.name).is_none()
+            && s.relocs().any(|r| {
+                matches!(target_of(object, i, r), Target::Symbol { symbol, .. } if symbol == target)
+            })
+    })
 }
 
 /// Read-only objects the compiler makes for function names: copied with the code that uses
@@ -386,8 +466,12 @@ fn changed_data(unit: &str, pre: &ElfObject, post: &ElfObject, corr: &Correlatio
         {
             continue;
         }
-        // Export tables change whenever a function moves; they are rebuilt, not patched.
-        if sec.name.starts_with("__ksymtab") || sec.name.starts_with("__kcrctab") {
+        // Export tables change whenever a function moves, and dynamic debug descriptors carry
+        // line numbers: metadata, not data a patch changes.
+        if sec.name.starts_with("__ksymtab")
+            || sec.name.starts_with("__kcrctab")
+            || sec.name == "__dyndbg"
+        {
             continue;
         }
         let Some(p) = corr.pre_of(q) else { continue };

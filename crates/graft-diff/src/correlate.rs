@@ -18,7 +18,7 @@ pub enum Target {
 
 /// Resolves a relocation's target. GNU as turns references to local symbols into
 /// `section + offset`; with one object per section (`-fdata-sections`) that is the symbol again.
-pub fn target_of(object: &ElfObject, reloc: &Reloc) -> Target {
+pub fn target_of(object: &ElfObject, section_of_reloc: usize, reloc: &Reloc) -> Target {
     let Some(sym) = object.symbols.get(reloc.symbol) else {
         return Target::Symbol {
             symbol: reloc.symbol,
@@ -42,9 +42,18 @@ pub fn target_of(object: &ElfObject, reloc: &Reloc) -> Target {
         .filter(|(_, s)| matches!(s.kind, elf::STT_FUNC | elf::STT_OBJECT | elf::STT_NOTYPE))
         .collect();
     let pc_relative = graft_elf::x86_64::reloc_kind(reloc.r_type).is_some_and(|k| k.pc_relative);
-    // A PC-relative field is followed by the rest of its instruction: 4 more bytes for the
-    // field itself, plus 1, 2 or 4 for an immediate operand (`cmpb $0, flag(%rip)` has -5).
-    let places: &[i64] = if pc_relative { &[4, 5, 6, 8] } else { &[0] };
+    // A PC-relative field in code is followed by the rest of its instruction (4 bytes of field
+    // plus any immediate: `cmpb $0, flag(%rip)` has 5): decode it for the exact distance, else
+    // try the usual ones.
+    let exact = pc_relative
+        .then(|| code_bias(object, section_of_reloc, reloc.offset))
+        .flatten();
+    let guesses: &[i64] = if pc_relative { &[4, 5, 6, 8] } else { &[0] };
+    let exact_places = exact.map(|b| [b]);
+    let places: &[i64] = match &exact_places {
+        Some(one) => one,
+        None => guesses,
+    };
     let sized: Vec<_> = named.iter().filter(|(_, s)| s.size > 0).collect();
     let pick = if sized.len() == 1 {
         Some(*sized[0])
@@ -252,7 +261,7 @@ fn uses(object: &ElfObject) -> HashMap<usize, (BTreeSet<String>, (String, u64))>
         let mut relocs: Vec<&Reloc> = section.relocs().collect();
         relocs.sort_by_key(|r| r.offset);
         for reloc in relocs {
-            let Target::Symbol { symbol, .. } = target_of(object, reloc) else {
+            let Target::Symbol { symbol, .. } = target_of(object, index, reloc) else {
                 continue;
             };
             let (user, at) = functions
@@ -270,4 +279,37 @@ fn uses(object: &ElfObject) -> HashMap<usize, (BTreeSet<String>, (String, u64))>
         }
     }
     out
+}
+
+/// For a PC-relative field at `offset` of code section `section`: the distance from the field
+/// to the end of its instruction, from decoding the enclosing function.
+fn code_bias(object: &ElfObject, section: usize, offset: u64) -> Option<i64> {
+    let sec = object.sections.get(section)?;
+    if !sec.is_exec() {
+        return None;
+    }
+    let function = object
+        .symbols_in(section)
+        .map(|(_, s)| s)
+        .find(|s| s.kind == elf::STT_FUNC && offset >= s.value && offset < s.value + s.size)?;
+    instruction_end(&sec.data, function.value, function.size, offset)
+        .map(|end| end as i64 - offset as i64)
+}
+
+/// Decodes the function at `start..start+size` of `code` and returns the end offset of the
+/// instruction that covers `offset`.
+pub fn instruction_end(code: &[u8], start: u64, size: u64, offset: u64) -> Option<u64> {
+    let bytes = code.get(start as usize..(start + size) as usize)?;
+    let mut decoder = iced_x86::Decoder::with_ip(64, bytes, start, iced_x86::DecoderOptions::NONE);
+    let mut instruction = iced_x86::Instruction::default();
+    while decoder.can_decode() {
+        decoder.decode_out(&mut instruction);
+        if instruction.is_invalid() {
+            return None;
+        }
+        if offset < instruction.next_ip() {
+            return (offset >= instruction.ip()).then_some(instruction.next_ip());
+        }
+    }
+    None
 }

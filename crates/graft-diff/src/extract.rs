@@ -123,8 +123,8 @@ pub fn extract(
     for &q in &chosen {
         let verdict = diff.functions.iter().find(|v| v.post_symbol == Some(q));
         let sym = &post.symbols[q];
-        let is_replacement =
-            verdict.is_some_and(|v| v.verdict == Verdict::Changed) && !is_cold_part(&sym.name);
+        let is_replacement = verdict.is_some_and(|v| v.verdict == Verdict::Changed && v.redirect)
+            && !is_cold_part(&sym.name);
         let new_name = x.new_name(&sym.name);
         // Global, so the hook can name replacements and callbacks; the names are unique.
         x.carve(q, &new_name, true)?;
@@ -216,9 +216,12 @@ impl Extractor<'_> {
         let SymSection::Section(out_section) = self.out.symbols[out_symbol].section else {
             return Ok(());
         };
+        let SymSection::Section(post_section) = sym.section else {
+            return Ok(());
+        };
         let relocs: Vec<Reloc> = relocs_in(self.post, &sym).into_iter().copied().collect();
         for r in relocs {
-            let (symbol, addend) = self.map_target(&r)?;
+            let (symbol, addend) = self.map_target(post_section, &r)?;
             self.out.sections[out_section].rela_mut().push(Reloc {
                 offset: r.offset - sym.value,
                 r_type: r.r_type,
@@ -244,8 +247,8 @@ impl Extractor<'_> {
     }
 
     /// Where a relocation of copied code or data should point in the patch object.
-    fn map_target(&mut self, r: &Reloc) -> Result<(usize, i64), Refusal> {
-        match target_of(self.post, r) {
+    fn map_target(&mut self, section_of_reloc: usize, r: &Reloc) -> Result<(usize, i64), Refusal> {
+        match target_of(self.post, section_of_reloc, r) {
             Target::Symbol { symbol, addend } => {
                 if let Some(&out) = self.carved_symbol.get(&symbol) {
                     return Ok((out, addend));
@@ -344,7 +347,7 @@ impl Extractor<'_> {
         }
         let relocs: Vec<Reloc> = self.post.sections[section].relocs().copied().collect();
         for r in relocs {
-            let (symbol, addend) = self.map_target(&r)?;
+            let (symbol, addend) = self.map_target(section, &r)?;
             self.out.sections[out].rela_mut().push(Reloc {
                 symbol,
                 addend,
@@ -427,7 +430,7 @@ impl Extractor<'_> {
                 let Some(anchor_reloc) = relocs.iter().find(|r| r.offset == start + anchor) else {
                     continue;
                 };
-                if !self.points_into_copied_code(anchor_reloc) {
+                if !self.points_into_copied_code(index, anchor_reloc) {
                     continue;
                 }
                 let bytes = section
@@ -458,7 +461,7 @@ impl Extractor<'_> {
                 self.out.sections[out].data.extend_from_slice(&bytes);
                 self.out.sections[out].size += size;
                 for r in &relocs {
-                    let (symbol, addend) = self.map_target(r)?;
+                    let (symbol, addend) = self.map_target(index, r)?;
                     self.out.sections[out].rela_mut().push(Reloc {
                         offset: base + (r.offset - start),
                         r_type: r.r_type,
@@ -470,7 +473,6 @@ impl Extractor<'_> {
                     kept_orc.push(entry);
                 }
             }
-            let _ = index;
         }
         if let (Some(orc), false) = (orc, kept_orc.is_empty()) {
             let src = &self.post.sections[orc];
@@ -492,8 +494,8 @@ impl Extractor<'_> {
         Ok(())
     }
 
-    fn points_into_copied_code(&self, r: &Reloc) -> bool {
-        match target_of(self.post, r) {
+    fn points_into_copied_code(&self, section_of_reloc: usize, r: &Reloc) -> bool {
+        match target_of(self.post, section_of_reloc, r) {
             Target::Symbol { symbol, addend } => {
                 if self.carved_symbol.contains_key(&symbol) {
                     return true;

@@ -7,10 +7,18 @@ pub const NEW_FUNCTION_PREFIX: &str = "__graft_new_";
 /// The name without GCC's numeric suffixes: `count.12` -> `count`,
 /// `foo.constprop.0` -> `foo.constprop`, `__already_done.3` -> `__already_done`.
 pub fn base_name(name: &str) -> String {
-    name.split('.')
+    let base = name
+        .split('.')
         .filter(|part| part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()))
         .collect::<Vec<_>>()
-        .join(".")
+        .join(".");
+    // `__UNIQUE_ID_ddebug340`: numbered by __COUNTER__, which any earlier use shifts.
+    if base.starts_with("__UNIQUE_ID_") {
+        return base
+            .trim_end_matches(|c: char| c.is_ascii_digit())
+            .to_string();
+    }
+    base
 }
 
 /// Whether a function symbol is the cold part GCC split out of another (`foo.cold`).
@@ -28,6 +36,7 @@ mod tests {
         assert_eq!(base_name("foo.constprop.0"), "foo.constprop");
         assert_eq!(base_name("foo.isra.0.cold"), "foo.isra.cold");
         assert_eq!(base_name("plain"), "plain");
+        assert_eq!(base_name("__UNIQUE_ID_ddebug340.11"), "__UNIQUE_ID_ddebug");
         assert!(is_cold_part("foo.cold"));
         assert!(!is_cold_part("coldplug"));
     }
