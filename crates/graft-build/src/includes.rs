@@ -201,71 +201,23 @@ pub fn deps_from_cmd_file(text: &str) -> Vec<String> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_and_deps() {
-        let names = include_names(
-            b"#include <linux/sched.h>\n  #  include \"internal.h\"\n#define X 1\n#include MACRO\n",
-        );
-        assert_eq!(names, ["linux/sched.h", "internal.h"]);
-        let deps = deps_from_cmd_file("cmd_x := gcc\nsource_x := a.c\ndeps_x := \\\n  include/linux/kconfig.h \\\n    $(wildcard include/config/FOO) \\\n  fs/proc/internal.h \\\n\nx: $(deps_x)\n");
-        assert_eq!(deps, ["include/linux/kconfig.h", "fs/proc/internal.h"]);
-        assert_eq!(normalize("fs/proc/../x.h"), "fs/x.h");
-    }
-
-    #[test]
-    fn definitions_around_changed_lines() {
-        let text = "#ifndef X\n#define X\nstatic inline void seq_show_option(struct seq_file *m,\n\t\tconst char *name)\n{\n\tseq_putc(m, ',');\n}\n#define seq_show_option_n(m, n) \\\n\tdo { } while (0)\n#endif\n";
-        assert_eq!(
-            enclosing_definitions(text, &[6]).unwrap(),
-            BTreeSet::from(["seq_show_option".to_string()])
-        );
-        assert_eq!(
-            enclosing_definitions(text, &[9]).unwrap(),
-            BTreeSet::from(["seq_show_option_n".to_string()])
-        );
-        assert!(mentions(
-            "x = seq_show_option(m);",
-            &BTreeSet::from(["seq_show_option".to_string()])
-        ));
-        assert!(!mentions(
-            "seq_show_options",
-            &BTreeSet::from(["seq_show_option".to_string()])
-        ));
-    }
-
-    #[test]
-    fn reverse_closure() {
-        let mut g = IncludeGraph::default();
-        g.included_by
-            .entry("a.h".into())
-            .or_default()
-            .insert("b.h".into());
-        g.included_by
-            .entry("b.h".into())
-            .or_default()
-            .insert("x.c".into());
-        g.included_by
-            .entry("a.h".into())
-            .or_default()
-            .insert("y.c".into());
-        assert_eq!(g.candidate_units("a.h"), ["x.c", "y.c"]);
-    }
-}
-
 /// The names of the definitions (functions, macros) that enclose the given lines (1-based), or
 /// None when a line lies outside any definition graft can name (then nothing can be narrowed).
 pub fn enclosing_definitions(text: &str, lines: &[usize]) -> Option<BTreeSet<String>> {
     let all: Vec<&str> = text.lines().collect();
     let mut names = BTreeSet::new();
     for &line in lines {
-        names.insert(definition_at(
-            &all,
-            line.saturating_sub(1).min(all.len().saturating_sub(1)),
-        )?);
+        let index = line.saturating_sub(1).min(all.len().saturating_sub(1));
+        // Blank lines and comments define nothing.
+        let text = all.get(index).map(|l| l.trim()).unwrap_or_default();
+        if text.is_empty()
+            || text.starts_with("/*")
+            || text.starts_with('*')
+            || text.starts_with("//")
+        {
+            continue;
+        }
+        names.insert(definition_at(&all, index)?);
     }
     Some(names)
 }
@@ -287,6 +239,15 @@ fn identifier_before_paren(line: &str) -> Option<String> {
 /// The definition line `index` belongs to: the nearest line above at column 0 that opens a
 /// function (`... name(`) or a macro (`#define name`).
 fn definition_at(lines: &[&str], index: usize) -> Option<String> {
+    // A changed prototype (`extern bool f(...);`) names f itself.
+    let here = lines.get(index)?.trim();
+    if here.contains('(')
+        && here.ends_with(';')
+        && !here.starts_with(['#', '/', '*'])
+        && !lines[index].starts_with([' ', '\t'])
+    {
+        return identifier_before_paren(here);
+    }
     for i in (0..=index).rev() {
         let line = lines[i];
         if let Some(rest) = line.strip_prefix("#define") {
@@ -376,5 +337,60 @@ impl IncludeGraph {
             }
         }
         units.into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_deps() {
+        let names = include_names(
+            b"#include <linux/sched.h>\n  #  include \"internal.h\"\n#define X 1\n#include MACRO\n",
+        );
+        assert_eq!(names, ["linux/sched.h", "internal.h"]);
+        let deps = deps_from_cmd_file("cmd_x := gcc\nsource_x := a.c\ndeps_x := \\\n  include/linux/kconfig.h \\\n    $(wildcard include/config/FOO) \\\n  fs/proc/internal.h \\\n\nx: $(deps_x)\n");
+        assert_eq!(deps, ["include/linux/kconfig.h", "fs/proc/internal.h"]);
+        assert_eq!(normalize("fs/proc/../x.h"), "fs/x.h");
+    }
+
+    #[test]
+    fn definitions_around_changed_lines() {
+        let text = "#ifndef X\n#define X\nstatic inline void seq_show_option(struct seq_file *m,\n\t\tconst char *name)\n{\n\tseq_putc(m, ',');\n}\n#define seq_show_option_n(m, n) \\\n\tdo { } while (0)\n#endif\n";
+        assert_eq!(
+            enclosing_definitions(text, &[6]).unwrap(),
+            BTreeSet::from(["seq_show_option".to_string()])
+        );
+        assert_eq!(
+            enclosing_definitions(text, &[9]).unwrap(),
+            BTreeSet::from(["seq_show_option_n".to_string()])
+        );
+        assert!(mentions(
+            "x = seq_show_option(m);",
+            &BTreeSet::from(["seq_show_option".to_string()])
+        ));
+        assert!(!mentions(
+            "seq_show_options",
+            &BTreeSet::from(["seq_show_option".to_string()])
+        ));
+    }
+
+    #[test]
+    fn reverse_closure() {
+        let mut g = IncludeGraph::default();
+        g.included_by
+            .entry("a.h".into())
+            .or_default()
+            .insert("b.h".into());
+        g.included_by
+            .entry("b.h".into())
+            .or_default()
+            .insert("x.c".into());
+        g.included_by
+            .entry("a.h".into())
+            .or_default()
+            .insert("y.c".into());
+        assert_eq!(g.candidate_units("a.h"), ["x.c", "y.c"]);
     }
 }

@@ -172,6 +172,8 @@ pub struct BuildReport {
     pub units: Vec<UnitReport>,
     /// Seconds per phase.
     pub timings: Vec<(String, f64)>,
+    /// What the patch does differently from the source, by necessity (e.g. a tracepoint left off).
+    pub notes: Vec<String>,
 }
 
 /// The manifest path for a module path: `fix.ko` -> `fix.json`.
@@ -323,7 +325,14 @@ pub fn build(
         } else {
             None
         };
-        for unit in units_including(kernel, cache, header, definitions.as_ref(), progress)? {
+        for unit in units_including(
+            kernel,
+            cache,
+            header,
+            definitions.as_ref(),
+            &farm_dir,
+            progress,
+        )? {
             if !units.iter().any(|u: &Unit| u.source == unit.source) {
                 units.push(unit);
             }
@@ -483,14 +492,30 @@ pub fn build(
         list.push((kind.clone(), graft_diff::new_function_name(function, *i)));
     }
     let mut manifest_functions = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
     let mut new_functions = Vec::new();
+    let mut extracted = Vec::new();
     for (i, ((unit, diff), (pre, post))) in units.iter().zip(&diffs).zip(&parsed).enumerate() {
-        if diff.included().next().is_none() {
-            continue;
+        if diff.included().next().is_some() {
+            let patch = graft_diff::extract(diff, pre, post, i)
+                .map_err(|r| BuildError::Refused(vec![r]))?;
+            extracted.push((i, unit, patch));
         }
-        let patch =
-            graft_diff::extract(diff, pre, post, i).map_err(|r| BuildError::Refused(vec![r]))?;
+    }
+    // Global functions the patch itself defines anew: other units call the copies.
+    let copies: HashMap<(String, String), String> = extracted
+        .iter()
+        .flat_map(|(_, unit, patch)| {
+            let object = unit.parent.object_name().to_string();
+            patch
+                .global_copies
+                .iter()
+                .map(move |(name, copy)| ((object.clone(), name.clone()), copy.clone()))
+        })
+        .collect();
+    for (i, unit, patch) in extracted {
         let object = unit.parent.object_name().to_string();
+        let mut renames: HashMap<String, String> = HashMap::new();
         for f in &patch.functions {
             let sympos = match sympos_of_function.get(&(i, f.name.clone())) {
                 Some(&pos) => pos,
@@ -520,7 +545,14 @@ pub fn build(
                 .get(&ext.name)
                 .map(|p| graft_kernel::normalize_name(p.rsplit('/').next().unwrap_or(p)));
             let exported_by = exported_by.as_deref();
-            let resolution = if !ext.local && exported_by == Some("vmlinux") {
+            let resolution = if let Some(copy) = copies
+                .get(&(object.clone(), ext.name.clone()))
+                .filter(|_| !ext.local)
+            {
+                // Bound at link time: the undefined reference takes the copy's name.
+                renames.insert(ext.symbol.clone(), copy.clone());
+                continue;
+            } else if !ext.local && exported_by == Some("vmlinux") {
                 Resolution::Exported(ext.name.clone())
             } else if let (false, Some(exporter), false) =
                 (ext.local, exported_by, object == "vmlinux")
@@ -564,10 +596,15 @@ pub fn build(
             };
             spec.resolutions.insert(ext.symbol.clone(), resolution);
         }
+        let mut elf = patch.elf;
+        for sym in elf.symbols.iter_mut() {
+            if let Some(copy) = renames.get(&sym.name) {
+                sym.name = copy.clone();
+            }
+        }
+        module::settle_static_keys(&mut elf, &spec.resolutions, &unit.source, &mut notes)?;
         let path = work.join(format!("unit{i}.o"));
-        let bytes = patch
-            .elf
-            .write(&format!("patch object of {}", unit.source))?;
+        let bytes = elf.write(&format!("patch object of {}", unit.source))?;
         fs::write(&path, bytes).map_err(|e| BuildError::io("writing", &path, e))?;
         spec.patch_objects.push(path);
     }
@@ -624,6 +661,7 @@ pub fn build(
             })
             .collect(),
         timings: phases.0,
+        notes,
     })
 }
 
@@ -681,11 +719,13 @@ fn units_including(
     cache: &Cache,
     header: &str,
     definitions: Option<&std::collections::BTreeSet<String>>,
+    farm: &Path,
     progress: &SharedProgress,
 ) -> Result<Vec<Unit>, BuildError> {
     let graph = include_graph(kernel, cache)?;
     let candidates = match definitions {
-        Some(names) => graph.candidate_units_using(&kernel.source_dir(), header, names),
+        // Read the patched view: the patch may add the first uses of what it defines.
+        Some(names) => graph.candidate_units_using(farm, header, names),
         None => graph.candidate_units(header),
     };
     if candidates.len() > MAX_HEADER_UNITS {
@@ -724,7 +764,9 @@ fn units_including(
         affected.len(),
         candidates.len()
     ));
-    if affected.is_empty() {
+    // A change narrowed to named definitions may reach no other unit (a new prototype);
+    // without names, a header nobody includes is a mistake in the patch.
+    if affected.is_empty() && definitions.is_none() {
         return Err(BuildError::Unsupported(format!(
             "no unit of {} includes {header}",
             kernel.target()

@@ -393,3 +393,72 @@ pub fn symvers(kernel: &Kernel) -> Result<HashMap<String, String>, BuildError> {
         })
         .collect())
 }
+
+/// Jump labels and static call sites whose key only the livepatch core can resolve cannot be
+/// set up by the module loader, which processes them before the livepatch core runs. Static
+/// call sites are dropped (the call through the trampoline stays correct); tracepoint jump
+/// labels are dropped too (the tracepoint stays off in the patched code, noted); any other
+/// such static key is refused with what to do instead.
+pub fn settle_static_keys(
+    elf: &mut ElfObject,
+    resolutions: &HashMap<String, Resolution>,
+    unit: &str,
+    notes: &mut Vec<String>,
+) -> Result<(), BuildError> {
+    for (name, entry, key_at) in [("__jump_table", 16u64, 8u64), (".static_call_sites", 8, 4)] {
+        let Some(index) = elf.section_index(name) else {
+            continue;
+        };
+        let relocs: Vec<graft_elf::Reloc> = elf.sections[index].relocs().copied().collect();
+        let mut drop_entries = HashSet::new();
+        for r in relocs.iter().filter(|r| r.offset % entry == key_at) {
+            let symbol = &elf.symbols[r.symbol];
+            let Some(Resolution::Livepatch { name: key, .. }) = resolutions.get(&symbol.name)
+            else {
+                continue;
+            };
+            if name == ".static_call_sites" {
+                drop_entries.insert(r.offset / entry);
+            } else if key.starts_with("__tracepoint_") {
+                drop_entries.insert(r.offset / entry);
+                let note = format!("{unit}: tracepoint {} stays disabled in the patched code (its key is not exported)", key.trim_start_matches("__tracepoint_"));
+                if !notes.contains(&note) {
+                    notes.push(note);
+                }
+            } else {
+                return Err(BuildError::Unsupported(format!(
+                    "{unit}: the patched code branches on the static key {key}, which is not exported: the module loader sets up jump labels before the livepatch core can resolve it; in the patch, test it with static_key_enabled() instead of static_branch_*()"
+                )));
+            }
+        }
+        if drop_entries.is_empty() {
+            continue;
+        }
+        let section = &mut elf.sections[index];
+        let old = std::mem::take(&mut section.data);
+        let mut kept = 0u64;
+        let mut new_offset = HashMap::new();
+        for e in 0..(old.len() as u64 / entry) {
+            if drop_entries.contains(&e) {
+                continue;
+            }
+            new_offset.insert(e, kept);
+            section
+                .data
+                .extend_from_slice(&old[(e * entry) as usize..((e + 1) * entry) as usize]);
+            kept += 1;
+        }
+        section.size = section.data.len() as u64;
+        for rs in section.relocations.iter_mut() {
+            rs.relocs
+                .retain_mut(|r| match new_offset.get(&(r.offset / entry)) {
+                    Some(&k) => {
+                        r.offset = k * entry + r.offset % entry;
+                        true
+                    }
+                    None => false,
+                });
+        }
+    }
+    Ok(())
+}

@@ -106,14 +106,76 @@ pub fn apply(patch: &PatchFile, dir: &Path) -> Result<(), BuildError> {
     Ok(())
 }
 
+/// Lines of `file` (1-based, in the patched version) that the patch adds, or next to which it
+/// removes lines. Hunks are consumed by their line counts, so a removed line that happens to
+/// read `--- x` is never taken for the next file's header.
+pub fn changed_lines(text: &str, file: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut in_file = false;
+    let (mut post, mut old_left, mut new_left) = (0usize, 0usize, 0usize);
+    let count = |spec: &str| -> (usize, usize) {
+        let mut parts = spec.split(',');
+        let start = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        let len = parts.next().and_then(|n| n.parse().ok()).unwrap_or(1);
+        (start, len)
+    };
+    for line in text.lines() {
+        if old_left > 0 || new_left > 0 {
+            match line.as_bytes().first() {
+                Some(b'+') => {
+                    if in_file {
+                        out.push(post);
+                    }
+                    post += 1;
+                    new_left = new_left.saturating_sub(1);
+                }
+                Some(b'-') => {
+                    if in_file {
+                        out.push(post);
+                    }
+                    old_left = old_left.saturating_sub(1);
+                }
+                Some(b'\\') => {}
+                _ => {
+                    post += 1;
+                    old_left = old_left.saturating_sub(1);
+                    new_left = new_left.saturating_sub(1);
+                }
+            }
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("+++ ") {
+            let path = rest.split('\t').next().unwrap_or_default().trim();
+            in_file = path.split_once('/').map(|(_, p)| p) == Some(file);
+        } else if let Some(rest) = line.strip_prefix("@@ ") {
+            let mut words = rest.split_whitespace();
+            let old = words
+                .next()
+                .and_then(|w| w.strip_prefix('-'))
+                .map(count)
+                .unwrap_or((0, 0));
+            let new = words
+                .next()
+                .and_then(|w| w.strip_prefix('+'))
+                .map(count)
+                .unwrap_or((0, 0));
+            post = new.0;
+            old_left = old.1;
+            new_left = new.1;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn changed_lines_in_the_patched_file() {
-        let text = "--- a/x.h\n+++ b/x.h\n@@ -10,4 +10,5 @@ ctx\n a\n-b\n+c\n+d\n e\n";
+        let text = "--- a/x.h\n+++ b/x.h\n@@ -10,3 +10,4 @@ ctx\n a\n-b\n+c\n+d\n e\n--- a/y.c\n+++ b/y.c\n@@ -1,1 +1,1 @@\n-x\n+y\n";
         assert_eq!(changed_lines(text, "x.h"), [11, 11, 12]);
+        assert_eq!(changed_lines(text, "y.c"), [1, 1]);
         assert!(changed_lines(text, "y.h").is_empty());
     }
 
@@ -122,45 +184,4 @@ mod tests {
         let text = "diff --git a/fs/proc/cmdline.c b/fs/proc/cmdline.c\n--- a/fs/proc/cmdline.c\n+++ b/fs/proc/cmdline.c\t2024-01-01\n@@ -1 +1 @@\n-a\n+b\n--- /dev/null\n+++ b/kernel/new.c\n";
         assert_eq!(touched_files(text), ["fs/proc/cmdline.c", "kernel/new.c"]);
     }
-}
-
-/// Lines of `file` (1-based, in the patched version) that the patch adds, or next to which it
-/// removes lines.
-pub fn changed_lines(text: &str, file: &str) -> Vec<usize> {
-    let mut out = Vec::new();
-    let mut in_file = false;
-    let mut post = 0usize;
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("+++ ") {
-            let path = rest.split('\t').next().unwrap_or_default().trim();
-            in_file = path.split_once('/').map(|(_, p)| p) == Some(file);
-            continue;
-        }
-        if line.starts_with("--- ") && !line.starts_with("--- a") && !in_file {
-            continue;
-        }
-        if !in_file {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("@@ ") {
-            // @@ -a,b +c,d @@
-            post = rest
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix('+'))
-                .and_then(|w| w.split(',').next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-            continue;
-        }
-        match line.as_bytes().first() {
-            Some(b'+') => {
-                out.push(post);
-                post += 1;
-            }
-            Some(b'-') => out.push(post),
-            Some(b' ') | None => post += 1,
-            _ => {}
-        }
-    }
-    out
 }

@@ -205,7 +205,20 @@ fn compare_at(
         let value = read_value(&theirs[at..], kind)
             .ok_or_else(|| "truncated relocation field".to_string())?;
         let referenced = referenced_address(value, kind, address + at as u64);
-        match target_of(pre, section_index, r) {
+        // Assembler-local labels (`.LC3`) name anonymous constants: compare what they hold.
+        let target = match target_of(pre, section_index, r) {
+            Target::Symbol { symbol, addend } if pre.symbols[symbol].name.starts_with(".L") => {
+                match pre.symbols[symbol].section {
+                    SymSection::Section(section) => Target::Section {
+                        section,
+                        addend: pre.symbols[symbol].value as i64 + addend,
+                    },
+                    _ => target_of(pre, section_index, r),
+                }
+            }
+            other => other,
+        };
+        match target {
             Target::Symbol { symbol, addend } => {
                 let target = &pre.symbols[symbol];
                 let symbol_address = referenced.wrapping_sub(addend as u64);
@@ -240,7 +253,7 @@ fn compare_at(
             }
             Target::Section { section, addend } => {
                 let sec = &pre.sections[section];
-                let bias = field_bias(pre, section_index, r);
+                let bias = graft_diff::correlate::pc_bias(pre, section_index, r);
                 if sec.flags & u64::from(object::elf::SHF_STRINGS) != 0 {
                     let ours = string_at(&sec.data, addend + bias);
                     let theirs = image.string(referenced.wrapping_add(bias as u64));
@@ -310,9 +323,17 @@ pub fn match_module_function(
         match compare_in_module(pre, function, ko, candidate) {
             Ok(names) => {
                 let mut pins = Pins::default();
-                for name in names {
-                    if let [only] = table.lookup(&name).as_slice() {
-                        pins.sympos.insert(name, only.sympos());
+                for (name, position) in names {
+                    match table.lookup(&name).as_slice() {
+                        [only] => {
+                            pins.sympos.insert(name, only.sympos());
+                        }
+                        [] => {}
+                        _ => {
+                            if let Some(p) = position {
+                                pins.sympos.insert(name, p);
+                            }
+                        }
                     }
                 }
                 let pos = if candidates.len() == 1 {
@@ -335,31 +356,13 @@ pub fn match_module_function(
     })
 }
 
-/// For a relocated field in code: the distance from the field to the end of its instruction,
-/// which PC-relative addressing counts from (0 for absolute fields).
-fn field_bias(object: &ElfObject, section: usize, r: &graft_elf::Reloc) -> i64 {
-    if !reloc_kind(r.r_type).is_some_and(|k| k.pc_relative) {
-        return 0;
-    }
-    let sec = &object.sections[section];
-    object
-        .symbols_in(section)
-        .map(|(_, s)| s)
-        .find(|s| {
-            s.kind == object::elf::STT_FUNC && r.offset >= s.value && r.offset < s.value + s.size
-        })
-        .and_then(|f| graft_diff::correlate::instruction_end(&sec.data, f.value, f.size, r.offset))
-        .map(|end| end as i64 - r.offset as i64)
-        .unwrap_or(4)
-}
-
 /// Name (or string contents) a relocation targets, for comparison across objects.
 fn target_name(object: &ElfObject, section_of_reloc: usize, r: &graft_elf::Reloc) -> String {
     match target_of(object, section_of_reloc, r) {
         Target::Symbol { symbol, addend } => format!("{}{addend:+}", object.symbols[symbol].name),
         Target::Section { section, addend } => {
             let sec = &object.sections[section];
-            let bias = field_bias(object, section_of_reloc, r);
+            let bias = graft_diff::correlate::pc_bias(object, section_of_reloc, r);
             match string_at(&sec.data, addend + bias)
                 .filter(|_| sec.flags & u64::from(object::elf::SHF_STRINGS) != 0)
             {
@@ -370,12 +373,38 @@ fn target_name(object: &ElfObject, section_of_reloc: usize, r: &graft_elf::Reloc
     }
 }
 
+/// The kallsyms position (1-based) of `ko` symbol `index` among the module's symbols of its
+/// name, counting them as the module loader keeps them (defined, in a kept allocated section).
+fn ko_position(ko: &ElfObject, index: usize) -> Option<u32> {
+    let name = &ko.symbols.get(index)?.name;
+    let kept = |s: &graft_elf::Symbol| match s.section {
+        SymSection::Section(i) => {
+            let sec = &ko.sections[i];
+            sec.is_alloc()
+                && !sec.name.starts_with(".init")
+                && sec.name != ".modinfo"
+                && sec.name != "__versions"
+        }
+        _ => false,
+    };
+    let mut position = 0;
+    for (i, s) in ko.symbols.iter().enumerate() {
+        if &s.name == name && !s.is_section() && kept(s) {
+            position += 1;
+            if i == index {
+                return Some(position);
+            }
+        }
+    }
+    None
+}
+
 fn compare_in_module(
     pre: &ElfObject,
     function: usize,
     ko: &ElfObject,
     candidate: usize,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<(String, Option<u32>)>, String> {
     let (ps, ks) = (&pre.symbols[function], &ko.symbols[candidate]);
     let (ours, theirs) = (bytes_of(pre, ps), bytes_of(ko, ks));
     if ours.len() != theirs.len() {
@@ -420,8 +449,14 @@ fn compare_in_module(
             return Err("the compiled function has no section".into());
         };
         let ours = target_name(pre, pre_section, r);
+        let mut ko_target = None;
         let theirs = match ko_relocs.get(&at) {
-            Some(k) => target_name(ko, ko_section, k),
+            Some(k) => {
+                if let Target::Symbol { symbol, .. } = target_of(ko, ko_section, k) {
+                    ko_target = Some(symbol);
+                }
+                target_name(ko, ko_section, k)
+            }
             None => {
                 // Resolved by the assembler within the section: decode the displacement.
                 let kind = reloc_kind(r.r_type)
@@ -436,10 +471,13 @@ fn compare_in_module(
                 let place = ks.value + at;
                 let target = (place as i64 + value - r.addend) as u64;
                 let addend = r.addend;
-                ko.symbols_in(ko_section)
-                    .find(|(_, s)| s.value == target)
-                    .map(|(_, s)| format!("{}{:+}", s.name, addend))
-                    .unwrap_or_else(|| format!("{target:#x}"))
+                match ko.symbols_in(ko_section).find(|(_, s)| s.value == target) {
+                    Some((index, s)) => {
+                        ko_target = Some(index);
+                        format!("{}{:+}", s.name, addend)
+                    }
+                    None => format!("{target:#x}"),
+                }
             }
         };
         let ours_base = graft_diff::base_name(&ours);
@@ -449,7 +487,10 @@ fn compare_in_module(
             ));
         }
         if let Target::Symbol { symbol, .. } = target_of(pre, pre_section, r) {
-            names.push(pre.symbols[symbol].name.clone());
+            names.push((
+                pre.symbols[symbol].name.clone(),
+                ko_target.and_then(|k| ko_position(ko, k)),
+            ));
         }
     }
     Ok(names)

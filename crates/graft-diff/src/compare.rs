@@ -129,6 +129,16 @@ fn string_at(data: &[u8], offset: i64) -> Option<&[u8]> {
     Some(&rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())])
 }
 
+/// The constant an assembler-local label (plus addend and instruction bias) designates.
+fn label_bytes<'a>(object: &'a ElfObject, label: &Symbol, addend: i64) -> Option<&'a [u8]> {
+    match label.section {
+        SymSection::Section(sec) => {
+            crate::correlate::constant_at(object, sec, label.value as i64 + addend)
+        }
+        _ => None,
+    }
+}
+
 /// Whether two relocation targets are the same thing.
 fn same_target(
     pre: &ElfObject,
@@ -152,6 +162,26 @@ fn same_target(
             },
         ) => {
             let (na, nb) = (&pre.symbols[sa], &post.symbols[sb]);
+            if na.name.starts_with(".L") && nb.name.starts_with(".L") {
+                // Assembler-local labels (`.LC12`, string constants) are anonymous: their
+                // numbers shift freely, so only what they label counts.
+                let (x, y) = (
+                    label_bytes(pre, na, aa + crate::correlate::pc_bias(pre, pre_section, a)),
+                    label_bytes(
+                        post,
+                        nb,
+                        ab + crate::correlate::pc_bias(post, post_section, b),
+                    ),
+                );
+                if x.is_none() || x != y {
+                    return Err(format!(
+                        "uses {:?} (was {:?})",
+                        String::from_utf8_lossy(y.unwrap_or_default()),
+                        String::from_utf8_lossy(x.unwrap_or_default())
+                    ));
+                }
+                return Ok(());
+            }
             let same = match (na.section, nb.section) {
                 (SymSection::Section(_), SymSection::Section(_)) => corr.pre_of(sb) == Some(sa),
                 (SymSection::Section(_), _) | (_, SymSection::Section(_)) => false,
@@ -178,13 +208,13 @@ fn same_target(
             let (x, y) = (&pre.sections[sa], &post.sections[sb]);
             let strings = y.flags & u64::from(elf::SHF_STRINGS) != 0;
             if strings {
-                let bias = if graft_elf::x86_64::reloc_kind(b.r_type).is_some_and(|k| k.pc_relative)
-                {
-                    4
-                } else {
-                    0
-                };
-                let (s1, s2) = (string_at(&x.data, aa + bias), string_at(&y.data, ab + bias));
+                let (s1, s2) = (
+                    string_at(&x.data, aa + crate::correlate::pc_bias(pre, pre_section, a)),
+                    string_at(
+                        &y.data,
+                        ab + crate::correlate::pc_bias(post, post_section, b),
+                    ),
+                );
                 if s1 != s2 {
                     return Err(format!(
                         "uses the string {:?} (was {:?})",
@@ -237,7 +267,9 @@ pub fn difference(
         }
     }
     if let Some(at) = (0..ba.len().min(bb.len())).find(|&i| !masked[i] && ba[i] != bb[i]) {
-        return Some(format!("code differs at +{at:#x}"));
+        if !only_line_numbers_differ(pre, ps, post, qs, &masked) {
+            return Some(format!("code differs at +{at:#x}"));
+        }
     }
     if ra.len() != rb.len() {
         return Some(format!("{} relocations -> {}", ra.len(), rb.len()));
@@ -490,4 +522,107 @@ fn changed_data(unit: &str, pre: &ElfObject, post: &ElfObject, corr: &Correlatio
         }
     }
     out
+}
+
+/// Callees that take a source line number (besides `printk`-style calls that also take
+/// `__FILE__`, which are recognised by that string).
+const LINE_TAKERS: &[&str] = &[
+    "__might_sleep",
+    "__might_fault",
+    "__might_resched",
+    "__cant_sleep",
+    "__cant_migrate",
+];
+
+/// Whether two functions differ only in `__LINE__` values: the instruction streams are the
+/// same except for `mov $imm32, %r32` immediates that feed a call which also takes `__FILE__`
+/// or is a known line-taking helper. A patch that adds lines shifts every later line number;
+/// such functions are not changed.
+fn only_line_numbers_differ(
+    pre: &ElfObject,
+    ps: &Symbol,
+    post: &ElfObject,
+    qs: &Symbol,
+    masked: &[bool],
+) -> bool {
+    use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind};
+    let (ba, bb) = (bytes_of(pre, ps), bytes_of(post, qs));
+    let decode = |bytes: &[u8]| {
+        let mut d = Decoder::with_ip(64, bytes, 0, DecoderOptions::NONE);
+        let mut out = Vec::new();
+        while d.can_decode() {
+            let i: Instruction = d.decode();
+            if i.is_invalid() {
+                return None;
+            }
+            out.push(i);
+        }
+        Some(out)
+    };
+    let (Some(a), Some(b)) = (decode(ba), decode(bb)) else {
+        return false;
+    };
+    if a.len() != b.len() {
+        return false;
+    }
+    let relocs = relocs_in(post, qs);
+    let section = match qs.section {
+        SymSection::Section(s) => s,
+        _ => return false,
+    };
+    // Does the window after instruction `k` reach a call that takes a line number?
+    let feeds_line_taker = |k: usize| {
+        let mut file_seen = false;
+        for ins in b.iter().skip(k).take(10) {
+            let (start, end) = (ins.ip(), ins.next_ip());
+            for r in relocs
+                .iter()
+                .filter(|r| r.offset - qs.value >= start && r.offset - qs.value < end)
+            {
+                let (data_section, offset) = match target_of(post, section, r) {
+                    Target::Symbol { symbol, .. }
+                        if LINE_TAKERS.contains(&post.symbols[symbol].name.as_str()) =>
+                    {
+                        return true
+                    }
+                    Target::Symbol { symbol, addend } => match post.symbols[symbol].section {
+                        SymSection::Section(s) => (s, post.symbols[symbol].value as i64 + addend),
+                        _ => continue,
+                    },
+                    Target::Section { section: s, addend } => (s, addend),
+                };
+                let data = &post.sections[data_section].data;
+                let text = string_at(data, offset)
+                    .or_else(|| string_at(data, offset + 4))
+                    .unwrap_or_default();
+                file_seen |= text.ends_with(b".c") || text.ends_with(b".h");
+            }
+            if ins.mnemonic() == Mnemonic::Call {
+                return file_seen;
+            }
+        }
+        false
+    };
+    for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+        let range = x.ip() as usize..x.next_ip() as usize;
+        if x.len() != y.len() || x.ip() != y.ip() {
+            return false;
+        }
+        if range
+            .clone()
+            .all(|i| masked.get(i).copied().unwrap_or(true) || ba[i] == bb[i])
+        {
+            continue;
+        }
+        let line_move = matches!(x.code(), Code::Mov_r32_imm32)
+            && x.code() == y.code()
+            && x.op0_register() == y.op0_register()
+            && x.op1_kind() == OpKind::Immediate32
+            && (1..=1_000_000).contains(&x.immediate32())
+            && (1..=1_000_000).contains(&y.immediate32());
+        if !line_move || !feeds_line_taker(k) {
+            return false;
+        }
+    }
+    true
 }

@@ -97,6 +97,7 @@ fn defined_named(object: &ElfObject) -> Vec<usize> {
         .filter(|(_, s)| {
             !s.is_section()
                 && !s.name.is_empty()
+                && !s.name.starts_with(".L")
                 && s.kind != elf::STT_FILE
                 && matches!(s.section, SymSection::Section(_))
         })
@@ -312,4 +313,29 @@ pub fn instruction_end(code: &[u8], start: u64, size: u64, offset: u64) -> Optio
         }
     }
     None
+}
+
+/// The distance from a relocated field to the address it designates, beyond `S + A`: the rest
+/// of the instruction for PC-relative fields in code (decoded; 4 when decoding is impossible),
+/// 0 for absolute fields and for data.
+pub fn pc_bias(object: &ElfObject, section: usize, reloc: &Reloc) -> i64 {
+    if !graft_elf::x86_64::reloc_kind(reloc.r_type).is_some_and(|k| k.pc_relative) {
+        return 0;
+    }
+    if !object.sections.get(section).is_some_and(|s| s.is_exec()) {
+        return 0;
+    }
+    code_bias(object, section, reloc.offset).unwrap_or(4)
+}
+
+/// The constant a reference designates: the C string at `offset` of a string section, else up
+/// to 16 bytes (the largest literal-pool entry) of a read-only section.
+pub fn constant_at(object: &ElfObject, section: usize, offset: i64) -> Option<&[u8]> {
+    let sec = object.sections.get(section)?;
+    let start = usize::try_from(offset).ok()?;
+    let rest = sec.data.get(start..)?;
+    if sec.flags & u64::from(elf::SHF_STRINGS) != 0 {
+        return Some(&rest[..rest.iter().position(|&b| b == 0)?]);
+    }
+    Some(&rest[..rest.len().min(16)])
 }

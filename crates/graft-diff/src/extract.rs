@@ -51,6 +51,9 @@ pub struct PatchObject {
     pub new_functions: Vec<String>,
     /// References to the running kernel.
     pub externals: Vec<External>,
+    /// Global functions it defines: (name in the source, symbol of the copy), so other units
+    /// of the same patch can call the copies.
+    pub global_copies: Vec<(String, String)>,
 }
 
 /// The symbol the patch object gives the copy of function `name` of unit `unit_index`.
@@ -120,12 +123,16 @@ pub fn extract(
     }
     let mut functions = Vec::new();
     let mut new_functions = Vec::new();
+    let mut global_copies = Vec::new();
     for &q in &chosen {
         let verdict = diff.functions.iter().find(|v| v.post_symbol == Some(q));
         let sym = &post.symbols[q];
         let is_replacement = verdict.is_some_and(|v| v.verdict == Verdict::Changed && v.redirect)
             && !is_cold_part(&sym.name);
         let new_name = x.new_name(&sym.name);
+        if !sym.is_local() {
+            global_copies.push((sym.name.clone(), new_name.clone()));
+        }
         // Global, so the hook can name replacements and callbacks; the names are unique.
         x.carve(q, &new_name, true)?;
         match verdict {
@@ -151,6 +158,7 @@ pub fn extract(
         functions,
         new_functions,
         externals: x.external_list,
+        global_copies,
     })
 }
 
@@ -267,7 +275,10 @@ impl Extractor<'_> {
                             }
                             return Ok((self.external(symbol)?, addend));
                         }
-                        let is_new = self.diff.correlation.pre_of(symbol).is_none();
+                        // Dynamic debug descriptors hold a static key the patched code's jump
+                        // labels use; the patch gets its own, so the key is its module's.
+                        let is_new = self.diff.correlation.pre_of(symbol).is_none()
+                            || sec.name == "__dyndbg";
                         // Read-only data without a name of its own in kallsyms (function
                         // names, assembler-local `.L` constants) is copied, not referenced.
                         let constant = !sec.flags & u64::from(elf::SHF_WRITE) != 0

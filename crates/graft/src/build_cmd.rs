@@ -60,6 +60,9 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     for f in &m.new_functions {
         println!("  adds     {f}");
     }
+    for note in &report.notes {
+        println!("  note     {note}");
+    }
     let total: f64 = report.timings.iter().map(|(_, s)| s).sum();
     println!(
         "  manifest {} ; {:.1} s",
