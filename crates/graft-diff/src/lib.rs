@@ -33,7 +33,7 @@ pub use naming::{base_name, is_cold_part, NEW_FUNCTION_PREFIX};
 pub enum Refusal {
     /// An `__init`/`__exit` function changed: it ran at boot (or runs at unload) and cannot be
     /// redone by a live patch.
-    #[error("{unit}: {function} is in {section} and changed ({reason}): init and exit code cannot be live patched; move the change into a callback (graft/patch.h: GRAFT_PRE_PATCH) if it must run")]
+    #[error("{unit}: {function} is __init/__exit code ({section}) and changed ({reason}): it ran at boot (or runs at unload) and cannot be live patched; move the change into a callback (graft/patch.h: GRAFT_PRE_PATCH) if it must run")]
     InitCode {
         /// The translation unit.
         unit: String,
