@@ -55,7 +55,7 @@ pub struct Unit {
     pub deps: Vec<String>,
 }
 
-fn stage_name(source: &str) -> String {
+pub(crate) fn stage_name(source: &str) -> String {
     format!("unit-v1-{}", source.replace('/', "__"))
 }
 
@@ -79,69 +79,20 @@ pub fn parent_from_command(command: &str) -> Parent {
     Parent::Module(name.replace('-', "_"))
 }
 
-/// Compiles (or reuses) the pre object of `source` and returns the unit.
-pub fn prepare_unit(kernel: &Kernel, cache: &Cache, source: &str) -> Result<Unit, BuildError> {
-    let object = match source.strip_suffix(".c") {
-        Some(stem) => format!("{stem}.o"),
-        None => {
-            return Err(BuildError::Unsupported(format!(
-                "{source}: only C sources and the headers they include can be patched"
-            )))
-        }
-    };
-    let entry = cache.entry("objects", &kernel.target().key());
-    let lock = entry.lock()?;
-    let stage = stage_name(source);
-    let tree = kernel.source_dir();
-    lock.ensure(&stage, |dir| -> Result<(), BuildError> {
-        fs::create_dir_all(dir).map_err(|e| BuildError::io("creating", dir, e))?;
-        let log = dir.join("make.log");
-        let mut make = kernel.make();
-        graft_lab::kill_with_parent(&mut make);
-        let status = make
-            .arg(format!("KCFLAGS={SECTION_FLAGS}"))
-            .arg(&object)
-            .env("LC_ALL", "C")
-            .env_remove("MAKEFLAGS")
-            .stdin(Stdio::null())
-            .stdout(log_file(&log)?)
-            .stderr(log_file(&log)?)
-            .status()
-            .map_err(|e| BuildError::io("running make in", &tree, e))?;
-        let built = tree.join(&object);
-        if !status.success() || !built.is_file() {
-            return Err(BuildError::CompileFailed {
-                unit: source.to_string(),
-                which: "unpatched",
-                tail: tail(&log),
-            });
-        }
-        let cmd_file = cmd_file_of(&tree, &object);
-        let text =
-            fs::read_to_string(&cmd_file).map_err(|e| BuildError::io("reading", &cmd_file, e))?;
-        let command = command_from_cmd_file(&text, &object).ok_or_else(|| {
-            BuildError::Unsupported(format!("{}: no command for {object}", cmd_file.display()))
-        })?;
-        fs::write(dir.join("command"), &command).map_err(|e| BuildError::io("writing", dir, e))?;
-        let deps = crate::includes::deps_from_cmd_file(&text).join("\n");
-        fs::write(dir.join("deps"), deps).map_err(|e| BuildError::io("writing", dir, e))?;
-        fs::rename(&built, dir.join("pre.o")).map_err(|e| BuildError::io("moving", &built, e))?;
-        // Leave the cached tree as prepared: the farm must not see this unit's outputs.
-        let _ = fs::remove_file(&cmd_file);
-        Ok(())
-    })
-    .map_err(|e| match e {
-        graft_cache::CacheError::Stage { cause, .. } => match cause.downcast::<BuildError>() {
-            Ok(inner) => *inner,
-            Err(other) => BuildError::Unsupported(other.to_string()),
-        },
-        other => BuildError::Cache(other),
-    })?;
-    let dir = entry.path(&stage);
+fn object_of(source: &str) -> Result<String, BuildError> {
+    match source.strip_suffix(".c") {
+        Some(stem) => Ok(format!("{stem}.o")),
+        None => Err(BuildError::Unsupported(format!(
+            "{source}: only C sources and the headers they include can be patched"
+        ))),
+    }
+}
+
+fn load_unit(dir: &Path, source: &str, object: String) -> Result<Unit, BuildError> {
     let command =
-        fs::read_to_string(dir.join("command")).map_err(|e| BuildError::io("reading", &dir, e))?;
+        fs::read_to_string(dir.join("command")).map_err(|e| BuildError::io("reading", dir, e))?;
     let deps =
-        fs::read_to_string(dir.join("deps")).map_err(|e| BuildError::io("reading", &dir, e))?;
+        fs::read_to_string(dir.join("deps")).map_err(|e| BuildError::io("reading", dir, e))?;
     Ok(Unit {
         deps: deps.lines().map(str::to_string).collect(),
         source: source.to_string(),
@@ -152,6 +103,160 @@ pub fn prepare_unit(kernel: &Kernel, cache: &Cache, source: &str) -> Result<Unit
     })
 }
 
+/// Compiles (or reuses) the pre object of `source` and returns the unit.
+pub fn prepare_unit(kernel: &Kernel, cache: &Cache, source: &str) -> Result<Unit, BuildError> {
+    prepare_units(kernel, cache, &[source.to_string()], &|_, _| {})
+        .pop()
+        .unwrap_or_else(|| {
+            Err(BuildError::Unsupported(format!(
+                "{source}: nothing compiled"
+            )))
+        })
+}
+
+/// Compiles (or reuses) the pre objects of `sources`, all uncached ones in one kbuild run
+/// (`make -jN`, so kbuild's fixed cost is paid once). `on_command(source, command)` is called
+/// as soon as a unit's command is known, while kbuild is still compiling, so the caller can
+/// start the patched compile at once. Results come in the order of `sources`.
+pub fn prepare_units(
+    kernel: &Kernel,
+    cache: &Cache,
+    sources: &[String],
+    on_command: &(dyn Fn(&str, &str) + Sync),
+) -> Vec<Result<Unit, BuildError>> {
+    match prepare_units_inner(kernel, cache, sources, on_command) {
+        Ok(results) => results,
+        Err(e) => {
+            let message = e.to_string();
+            sources
+                .iter()
+                .map(|_| Err(BuildError::Unsupported(message.clone())))
+                .collect()
+        }
+    }
+}
+
+fn prepare_units_inner(
+    kernel: &Kernel,
+    cache: &Cache,
+    sources: &[String],
+    on_command: &(dyn Fn(&str, &str) + Sync),
+) -> Result<Vec<Result<Unit, BuildError>>, BuildError> {
+    let entry = cache.entry("objects", &kernel.target().key());
+    let lock = entry.lock()?;
+    let tree = kernel.source_dir();
+    let mut missing = Vec::new();
+    for source in sources {
+        let Ok(object) = object_of(source) else {
+            continue;
+        };
+        if entry.is_done(&stage_name(source)) {
+            if let Ok(unit) = load_unit(&entry.path(&stage_name(source)), source, object) {
+                on_command(source, &unit.command);
+            }
+        } else if !missing.iter().any(|(s, _): &(String, String)| s == source) {
+            missing.push((source.clone(), object));
+        }
+    }
+    let log = entry.dir().join("make.log");
+    if !missing.is_empty() {
+        let jobs = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let mut make = kernel.make();
+        graft_lab::kill_with_parent(&mut make);
+        make.arg("V=1")
+            .arg(format!("-j{jobs}"))
+            .arg("-k")
+            .arg(format!("KCFLAGS={SECTION_FLAGS}"))
+            .args(missing.iter().map(|(_, o)| o.as_str()))
+            .env("LC_ALL", "C")
+            .env_remove("MAKEFLAGS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file_new(&log)?);
+        let mut child = make
+            .spawn()
+            .map_err(|e| BuildError::io("running make in", &tree, e))?;
+        let mut transcript = String::new();
+        if let Some(stdout) = child.stdout.take() {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                // kbuild V=1 prints each command before running it: start the patched
+                // compile of a unit as soon as its command appears.
+                let command = line.trim_start();
+                for (source, object) in &missing {
+                    if command.contains(&format!(" -c -o {object} {source}"))
+                        && !command.starts_with("if ")
+                    {
+                        on_command(source, command);
+                    }
+                }
+                transcript.push_str(&line);
+                transcript.push('\n');
+            }
+        }
+        let _ = child.wait();
+        let _ = fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, transcript.as_bytes()));
+    }
+    let mut results = Vec::with_capacity(sources.len());
+    for source in sources {
+        let object = match object_of(source) {
+            Ok(o) => o,
+            Err(e) => {
+                results.push(Err(e));
+                continue;
+            }
+        };
+        let stage = stage_name(source);
+        let built = tree.join(&object);
+        let cmd_file = cmd_file_of(&tree, &object);
+        let outcome = lock.ensure(&stage, |dir| -> Result<(), BuildError> {
+            if !built.is_file() {
+                return Err(BuildError::CompileFailed {
+                    unit: source.to_string(),
+                    which: "unpatched",
+                    tail: tail(&log),
+                });
+            }
+            fs::create_dir_all(dir).map_err(|e| BuildError::io("creating", dir, e))?;
+            let text = fs::read_to_string(&cmd_file)
+                .map_err(|e| BuildError::io("reading", &cmd_file, e))?;
+            let command = command_from_cmd_file(&text, &object).ok_or_else(|| {
+                BuildError::Unsupported(format!("{}: no command for {object}", cmd_file.display()))
+            })?;
+            fs::write(dir.join("command"), &command)
+                .map_err(|e| BuildError::io("writing", dir, e))?;
+            let deps = crate::includes::deps_from_cmd_file(&text).join("\n");
+            fs::write(dir.join("deps"), deps).map_err(|e| BuildError::io("writing", dir, e))?;
+            fs::rename(&built, dir.join("pre.o"))
+                .map_err(|e| BuildError::io("moving", &built, e))?;
+            // Leave the cached tree as prepared: the farm must not see this unit's outputs.
+            let _ = fs::remove_file(&cmd_file);
+            Ok(())
+        });
+        let unit = outcome
+            .map_err(|e| match e {
+                graft_cache::CacheError::Stage { cause, .. } => {
+                    match cause.downcast::<BuildError>() {
+                        Ok(inner) => *inner,
+                        Err(other) => BuildError::Unsupported(other.to_string()),
+                    }
+                }
+                other => BuildError::Cache(other),
+            })
+            .and_then(|_| load_unit(&entry.path(&stage), source, object));
+        results.push(unit);
+    }
+    Ok(results)
+}
+
 fn cmd_file_of(tree: &Path, object: &str) -> PathBuf {
     let path = Path::new(object);
     let name = path
@@ -160,6 +265,10 @@ fn cmd_file_of(tree: &Path, object: &str) -> PathBuf {
         .unwrap_or_default();
     tree.join(path.parent().unwrap_or(Path::new("")))
         .join(format!(".{name}.cmd"))
+}
+
+fn log_file_new(path: &Path) -> Result<fs::File, BuildError> {
+    fs::File::create(path).map_err(|e| BuildError::io("creating", path, e))
 }
 
 fn log_file(path: &Path) -> Result<fs::File, BuildError> {
@@ -178,23 +287,33 @@ fn tail(log: &Path) -> String {
 
 /// Compiles the patched version of `unit` in `farm`; returns the object's path.
 pub fn compile_post(unit: &Unit, farm: &Path) -> Result<PathBuf, BuildError> {
-    let log = farm.join(format!("{}.log", unit.object.replace('/', "__")));
+    compile_post_command(&unit.source, &unit.command, farm)
+}
+
+/// Compiles the patched `source` in `farm` with kbuild's `command` for it.
+pub fn compile_post_command(
+    source: &str,
+    command: &str,
+    farm: &Path,
+) -> Result<PathBuf, BuildError> {
+    let object = object_of(source)?;
+    let log = farm.join(format!("{}.log", object.replace('/', "__")));
     let mut sh = Command::new("sh");
     graft_lab::kill_with_parent(&mut sh);
     let status = sh
         .arg("-c")
-        .arg(&unit.command)
+        .arg(command)
         .current_dir(farm)
         .env("LC_ALL", "C")
         .stdin(Stdio::null())
-        .stdout(log_file(&log)?)
+        .stdout(log_file_new(&log)?)
         .stderr(log_file(&log)?)
         .status()
         .map_err(|e| BuildError::io("compiling in", farm, e))?;
-    let out = farm.join(&unit.object);
+    let out = farm.join(&object);
     if !status.success() || !out.is_file() {
         return Err(BuildError::CompileFailed {
-            unit: unit.source.clone(),
+            unit: source.to_string(),
             which: "patched",
             tail: tail(&log),
         });

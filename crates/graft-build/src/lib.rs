@@ -10,6 +10,7 @@
 //! 7. **module**: hook, kbuild link, livepatch conversion, format check;
 //! 8. **manifest**: written with the module, both only once everything passed.
 
+pub mod bench;
 mod compile;
 mod farm;
 mod includes;
@@ -35,6 +36,13 @@ use graft_progress::{SharedProgress, Unit as ProgressUnit};
 
 use crate::manifest::{Digest256, ManifestFunction, ManifestKernel};
 use crate::module::{KlpFunc, ModuleSpec, Resolution};
+
+/// A patched compile started from the command kbuild printed: (source, command, thread).
+type EarlyPost<'scope> = (
+    String,
+    String,
+    std::thread::ScopedJoinHandle<'scope, Result<PathBuf, BuildError>>,
+);
 
 /// `graft/patch.h`, the helpers patched sources may include.
 pub const PATCH_HELPER: &str = include_str!("../include/graft/patch.h");
@@ -146,6 +154,8 @@ pub struct BuildOptions {
     pub name: Option<String>,
     /// Atomic replace (default true).
     pub replace: bool,
+    /// Keep the scratch directory (farm, objects, kbuild directory) and report it.
+    pub keep_scratch: bool,
 }
 
 /// Per-unit verdicts, for `--explain`.
@@ -174,6 +184,8 @@ pub struct BuildReport {
     pub timings: Vec<(String, f64)>,
     /// What the patch does differently from the source, by necessity (e.g. a tracepoint left off).
     pub notes: Vec<String>,
+    /// The kept scratch directory, with `keep_scratch`.
+    pub scratch: Option<PathBuf>,
 }
 
 /// The manifest path for a module path: `fix.ko` -> `fix.json`.
@@ -275,8 +287,10 @@ pub fn build(
     // Debug aid: GRAFT_KEEP_BUILD=1 keeps the scratch directory (farm, objects, hook, kbuild
     // log) for inspection; its path is logged.
     let scratch_path = scratch.path().to_path_buf();
-    let _keep = if std::env::var_os("GRAFT_KEEP_BUILD").is_some_and(|v| v == "1") {
-        tracing::warn!("keeping the build directory {}", scratch_path.display());
+    let keep =
+        options.keep_scratch || std::env::var_os("GRAFT_KEEP_BUILD").is_some_and(|v| v == "1");
+    let kept = if keep {
+        tracing::info!("keeping the build directory {}", scratch_path.display());
         Some(scratch.keep())
     } else {
         None
@@ -294,14 +308,50 @@ pub fn build(
     }
     phases.mark("apply");
 
-    let mut task = progress.start(
-        "compile unpatched units",
+    // Unpatched objects: one kbuild run for all uncached units. Each unit's patched compile
+    // starts as soon as kbuild prints the unit's command, overlapping the two.
+    let task = progress.start(
+        "compile units",
         Some(sources.len() as u64),
         ProgressUnit::Items,
     );
+    let (results, early) = std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel::<(String, String)>();
+        let farm = &farm_dir;
+        let consumer = scope.spawn(move || {
+            let mut started: Vec<EarlyPost<'_>> = Vec::new();
+            for (source, command) in rx {
+                if !started.iter().any(|(s, _, _)| *s == source) {
+                    let (s, c) = (source.clone(), command.clone());
+                    let handle = scope.spawn(move || compile::compile_post_command(&s, &c, farm));
+                    started.push((source, command, handle));
+                }
+            }
+            started
+                .into_iter()
+                .map(|(s, c, h)| {
+                    (
+                        s,
+                        (
+                            c,
+                            h.join().unwrap_or_else(|_| {
+                                Err(BuildError::Unsupported("a compiler thread panicked".into()))
+                            }),
+                        ),
+                    )
+                })
+                .collect::<HashMap<_, _>>()
+        });
+        let results = compile::prepare_units(kernel, cache, &sources, &|source, command| {
+            let _ = tx.send((source.to_string(), command.to_string()));
+        });
+        drop(tx);
+        let early = consumer.join().unwrap_or_default();
+        (results, early)
+    });
     let mut units = Vec::new();
-    for (i, source) in sources.iter().enumerate() {
-        match compile::prepare_unit(kernel, cache, source) {
+    for (source, result) in sources.iter().zip(results) {
+        match result {
             Ok(unit) => units.push(unit),
             // Some sources are compiled only as part of another (kernel/sched/build_utility.c
             // includes kernel/sched/debug.c): those are handled like headers.
@@ -310,7 +360,6 @@ pub fn build(
             }
             Err(e) => return Err(e),
         }
-        task.set(i as u64 + 1);
     }
     task.finish(&format!("{} units", units.len()));
     for header in &headers {
@@ -339,10 +388,21 @@ pub fn build(
         }
     }
     phases.mark("compile pre");
+    // Patched objects: those started early stand if they used kbuild's recorded command.
+    let mut early = early;
     let post_paths: Vec<PathBuf> = std::thread::scope(|scope| {
         let handles: Vec<_> = units
             .iter()
-            .map(|u| scope.spawn(|| compile::compile_post(u, &farm_dir)))
+            .map(|u| {
+                let ready = early
+                    .remove(&u.source)
+                    .filter(|(command, _)| *command == u.command);
+                let farm = &farm_dir;
+                scope.spawn(move || match ready {
+                    Some((_, result)) => result,
+                    None => compile::compile_post(u, farm),
+                })
+            })
             .collect();
         handles
             .into_iter()
@@ -662,6 +722,7 @@ pub fn build(
             .collect(),
         timings: phases.0,
         notes,
+        scratch: kept,
     })
 }
 
@@ -741,23 +802,27 @@ fn units_including(
             candidates.len()
         )));
     }
-    let mut task = progress.start(
+    let task = progress.start(
         &format!("find units including {header}"),
         Some(candidates.len() as u64),
         ProgressUnit::Items,
     );
     let mut affected = Vec::new();
-    for (i, candidate) in candidates.iter().enumerate() {
-        match compile::prepare_unit(kernel, cache, candidate) {
+    for (candidate, result) in candidates.iter().zip(compile::prepare_units(
+        kernel,
+        cache,
+        &candidates,
+        &|_, _| {},
+    )) {
+        match result {
             Ok(unit) if unit.deps.iter().any(|d| d == header) => affected.push(unit),
             Ok(_) => {}
             // Not buildable in this configuration: not part of the running kernel.
-            Err(BuildError::CompileFailed { unit, .. }) => {
-                tracing::debug!("{unit} is not built for this target")
+            Err(BuildError::CompileFailed { .. }) => {
+                tracing::debug!("{candidate} is not built for this target")
             }
             Err(e) => return Err(e),
         }
-        task.set(i as u64 + 1);
     }
     task.finish(&format!(
         "{} of {} candidates include it",

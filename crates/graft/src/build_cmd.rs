@@ -28,6 +28,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         output: args.output.clone(),
         name: args.name.clone(),
         replace: !args.no_replace,
+        keep_scratch: false,
     };
     let report = graft_build::build(&cache, &kernel, &options, &progress)
         .with_context(|| format!("building a live patch for {target}"))?;

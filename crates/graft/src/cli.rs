@@ -67,6 +67,36 @@ pub enum Command {
     Test(TestArgs),
     /// Show the whole path on a target: fetch, build a livepatch, watch it go live in a VM.
     Demo(DemoArgs),
+    /// Benchmarks: graft against the floor of what it must do, measured in one run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Time `graft build` for each FIX against the floor: compiling the affected units twice
+    /// (unpatched and patched, by the target's own commands) plus linking the module with the
+    /// target's kbuild. graft is timed warm (unpatched objects cached, the median of --runs)
+    /// and cold (those objects dropped first); both are printed as ratios of the floor.
+    #[command(
+        after_help = "Example: graft bench build tests/cases/proc-pid-limits-header tests/cases/uts-names-reject-control-chars"
+    )]
+    Build(BenchBuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchBuildArgs {
+    #[command(flatten)]
+    pub kernel: KernelArg,
+    /// Warm builds to time per fix (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// A fix: a patch file, patch files joined by commas, or a directory with fix.patch.
+    #[arg(required = true, value_name = "FIX")]
+    pub fixes: Vec<String>,
 }
 
 #[derive(Debug, Args)]

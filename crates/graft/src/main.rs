@@ -1,5 +1,6 @@
 //! The `graft` command: parses arguments, runs the subcommand, maps failures to exit codes.
 
+mod bench_cmd;
 mod build_cmd;
 mod cli;
 mod demo_cmd;
@@ -29,6 +30,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Kernel(cmd) => kernel_cmd::run(cmd),
         cli::Command::Lab(cmd) => lab_cmd::run(cmd),
         cli::Command::Build(args) => build_cmd::run(args),
+        cli::Command::Bench(cli::BenchCommand::Build(args)) => bench_cmd::run(args),
         cli::Command::Test(args) => test_cmd::run(args),
         cli::Command::Demo(args) => demo_cmd::run(&args.kernel.target),
     }
