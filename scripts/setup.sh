@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
 	qemu-system-x86 # the lab boots target kernels under TCG
 	make gcc-12 binutils flex bison bc libelf-dev libssl-dev dwarves # preparing a kernel tree
+	patch # applying source patches in graft build
 	xz-utils kmod cpio # tests cross-check graft with the kernel's own scripts
 )
 
