@@ -116,23 +116,6 @@ pub fn bench_build(
 
     // Floor, link: the same kbuild invocation graft makes, on the kept module directory.
     let kbuild_dir = scratch.join("module").join("kbuild");
-    let cc = kernel
-        .meta()
-        .make_vars
-        .iter()
-        .find(|v| v.starts_with("CC="))
-        .cloned();
-    let make = |target: &str| {
-        let mut m = Command::new("make");
-        m.arg("-C")
-            .arg(kernel.kbuild_dir())
-            .arg(format!("M={}", kbuild_dir.display()))
-            .args(cc.clone())
-            .arg("KBUILD_MODPOST_WARN=1")
-            .arg(target)
-            .env_remove("MAKEFLAGS");
-        m
-    };
     // Remove what the link produced (not `make clean`: it also drops the shipped objects'
     // .cmd files that modpost reads), so the timed run links from scratch.
     for entry in
@@ -152,7 +135,9 @@ pub fn bench_build(
             let _ = std::fs::remove_file(&path);
         }
     }
-    let floor_link = timed("make modules", make("modules"))?;
+    let mut link = crate::module::kbuild_modules(kernel, &kbuild_dir);
+    link.env("LC_ALL", "C").env_remove("MAKEFLAGS");
+    let floor_link = timed("make modules", link)?;
     let _ = std::fs::remove_dir_all(&scratch);
 
     let mut warm = Vec::new();

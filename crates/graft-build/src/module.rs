@@ -173,21 +173,8 @@ pub fn build_module(kernel: &Kernel, spec: &ModuleSpec, dir: &Path) -> Result<Ve
     let err = out
         .try_clone()
         .map_err(|e| BuildError::io("creating", &log, e))?;
-    let cc = kernel
-        .meta()
-        .make_vars
-        .iter()
-        .find(|v| v.starts_with("CC="))
-        .cloned();
-    let mut make = Command::new("make");
-    graft_lab::kill_with_parent(&mut make);
+    let mut make = kbuild_modules(kernel, dir);
     let status = make
-        .arg("-C")
-        .arg(kernel.kbuild_dir())
-        .arg(format!("M={}", dir.display()))
-        .args(cc)
-        .arg("KBUILD_MODPOST_WARN=1")
-        .arg("modules")
         .env("LC_ALL", "C")
         .env_remove("MAKEFLAGS")
         .stdin(Stdio::null())
@@ -253,6 +240,26 @@ fn with_content_build_id(module: &mut ElfObject, name: &str) -> Result<Vec<u8>, 
     let id_len = len - DESC;
     module.sections[note].data[DESC..].copy_from_slice(&digest[..id_len.min(digest.len())]);
     Ok(module.write(name)?)
+}
+
+/// `make -C <kbuild> M=<dir> modules` as graft links livepatch modules: the kernel's
+/// compiler, and modpost warning (not failing) on symbols the livepatch core resolves later.
+pub fn kbuild_modules(kernel: &Kernel, dir: &Path) -> Command {
+    let cc = kernel
+        .meta()
+        .make_vars
+        .iter()
+        .find(|v| v.starts_with("CC="))
+        .cloned();
+    let mut make = Command::new("make");
+    graft_lab::kill_with_parent(&mut make);
+    make.arg("-C")
+        .arg(kernel.kbuild_dir())
+        .arg(format!("M={}", dir.display()))
+        .args(cc)
+        .arg("KBUILD_MODPOST_WARN=1")
+        .arg("modules");
+    make
 }
 
 /// Rewrites references to livepatch-resolved symbols into the livepatch format.
