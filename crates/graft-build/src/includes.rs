@@ -123,12 +123,11 @@ fn include_names(text: &[u8]) -> Vec<String> {
             continue;
         };
         let rest = rest.trim_ascii_start();
-        let (open, close) = match rest.first() {
-            Some(b'"') => (b'"', b'"'),
-            Some(b'<') => (b'<', b'>'),
+        let close = match rest.first() {
+            Some(b'"') => b'"',
+            Some(b'<') => b'>',
             _ => continue,
         };
-        let _ = open;
         if let Some(end) = rest[1..].iter().position(|&b| b == close) {
             out.push(String::from_utf8_lossy(&rest[1..1 + end]).into_owned());
         }

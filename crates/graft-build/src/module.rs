@@ -242,23 +242,11 @@ fn with_content_build_id(module: &mut ElfObject, name: &str) -> Result<Vec<u8>, 
     Ok(module.write(name)?)
 }
 
-/// `make -C <kbuild> M=<dir> modules` as graft links livepatch modules: the kernel's
-/// compiler, and modpost warning (not failing) on symbols the livepatch core resolves later.
+/// `make -C <kbuild> M=<dir> modules` as graft links livepatch modules: modpost warns (not
+/// fails) on the symbols the livepatch core resolves later.
 pub fn kbuild_modules(kernel: &Kernel, dir: &Path) -> Command {
-    let cc = kernel
-        .meta()
-        .make_vars
-        .iter()
-        .find(|v| v.starts_with("CC="))
-        .cloned();
-    let mut make = Command::new("make");
-    graft_lab::kill_with_parent(&mut make);
-    make.arg("-C")
-        .arg(kernel.kbuild_dir())
-        .arg(format!("M={}", dir.display()))
-        .args(cc)
-        .arg("KBUILD_MODPOST_WARN=1")
-        .arg("modules");
+    let mut make = kernel.kbuild_modules(dir);
+    make.arg("KBUILD_MODPOST_WARN=1");
     make
 }
 

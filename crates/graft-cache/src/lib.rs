@@ -279,11 +279,6 @@ impl EntryLock<'_> {
         remove_any(&self.entry.done_marker(stage))?;
         remove_any(&self.entry.path(stage))
     }
-
-    /// Keeps the lock file handle alive; exposed for callers that hand the lock across threads.
-    pub fn file(&self) -> &File {
-        &self.file
-    }
 }
 
 /// Removes a file or directory tree if it exists.

@@ -7,8 +7,6 @@
 //! defined in the pseudo-section `SHN_LIVEPATCH`. The livepatch core resolves and applies them
 //! when `<object>` (vmlinux, or a module when it loads) is patched.
 
-use std::collections::HashSet;
-
 use object::elf;
 
 use crate::{ElfObject, SymSection};
@@ -100,7 +98,6 @@ pub fn check_livepatch_module(
         );
     }
 
-    let mut used_by_klp = HashSet::new();
     for section in &module.sections {
         for rs in &section.relocations {
             let is_klp_flag = rs.flags & SHF_RELA_LIVEPATCH != 0;
@@ -142,7 +139,6 @@ pub fn check_livepatch_module(
                 }
                 match (klp_object, sym.section == SymSection::LivePatch) {
                     (Some(object), true) => {
-                        used_by_klp.insert(r.symbol);
                         if object != "vmlinux"
                             && parse_klp_sym_name(&sym.name).is_some_and(|(o, _, _)| o == "vmlinux")
                         {
@@ -202,7 +198,6 @@ pub fn check_livepatch_module(
             _ => {}
         }
     }
-    let _ = used_by_klp;
     out
 }
 

@@ -7,6 +7,24 @@ use std::process::{Command, Stdio};
 use crate::{Kernel, KernelError};
 
 impl Kernel {
+    /// `make -C <kbuild> M=<dir> CC=<the kernel's compiler> modules`: building modules for
+    /// this target, killed if graft dies.
+    pub fn kbuild_modules(&self, dir: &Path) -> Command {
+        let mut make = Command::new("make");
+        graft_lab::kill_with_parent(&mut make);
+        make.arg("-C")
+            .arg(self.kbuild_dir())
+            .arg(format!("M={}", dir.display()))
+            .args(
+                self.meta()
+                    .make_vars
+                    .iter()
+                    .filter(|v| v.starts_with("CC=")),
+            )
+            .arg("modules");
+        make
+    }
+
     /// Builds the module sources in `src` (a directory with a `Kbuild` file) against the
     /// target's headers package, in `out` (a fresh copy, so `src` is never written to).
     /// Returns the built `.ko` files.
@@ -30,13 +48,8 @@ impl Kernel {
         let err_file = file
             .try_clone()
             .map_err(|e| KernelError::io("creating", &log, e))?;
-        let cc = self.meta().make_vars.iter().find(|v| v.starts_with("CC="));
-        let status = Command::new("make")
-            .arg("-C")
-            .arg(self.kbuild_dir())
-            .arg(format!("M={}", out.display()))
-            .args(cc)
-            .arg("modules")
+        let status = self
+            .kbuild_modules(out)
             .env("LC_ALL", "C")
             .env_remove("MAKEFLAGS")
             .stdin(Stdio::null())
