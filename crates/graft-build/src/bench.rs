@@ -73,6 +73,7 @@ pub fn bench_build(
         output: work.path().join("bench_fix.ko"),
         name: None,
         replace: true,
+        set: None,
         keep_scratch: keep,
     };
     // Warm-up: fills the caches and keeps the kbuild directory for the link floor.

@@ -14,7 +14,7 @@ pub mod bench;
 mod compile;
 mod farm;
 mod includes;
-pub mod manifest;
+pub use graft_manifest as manifest;
 mod module;
 mod patchset;
 mod runpre;
@@ -154,6 +154,8 @@ pub struct BuildOptions {
     pub name: Option<String>,
     /// Atomic replace (default true).
     pub replace: bool,
+    /// The replace set of a stacking patch (implies `replace == false`).
+    pub set: Option<String>,
     /// Keep the scratch directory (farm, objects, kbuild directory) and report it.
     pub keep_scratch: bool,
 }
@@ -188,10 +190,7 @@ pub struct BuildReport {
     pub scratch: Option<PathBuf>,
 }
 
-/// The manifest path for a module path: `fix.ko` -> `fix.json`.
-pub fn manifest_path(module: &Path) -> PathBuf {
-    module.with_extension("json")
-}
+pub use graft_manifest::manifest_path;
 
 fn module_name(options: &BuildOptions) -> Result<String, BuildError> {
     let raw = match &options.name {
@@ -681,6 +680,7 @@ pub fn build(
             build_id: kernel.meta().build_id.clone(),
         },
         replace: options.replace,
+        set: options.set.clone(),
         functions: manifest_functions,
         new_functions,
         patches: patches

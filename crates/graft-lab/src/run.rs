@@ -62,6 +62,10 @@ pub struct RunSpec {
     pub boot_timeout: Duration,
     /// Guest memory.
     pub memory_mib: u32,
+    /// Raw disk images attached as virtio disks (`/dev/vda`, `/dev/vdb`, ... once the
+    /// `virtio_pci` and `virtio_blk` modules are loaded). They outlive the run, so two runs
+    /// sharing one are a reboot of the same machine.
+    pub disks: Vec<PathBuf>,
 }
 
 impl RunSpec {
@@ -77,6 +81,7 @@ impl RunSpec {
             timeout: Duration::from_secs(600),
             boot_timeout: Duration::from_secs(120),
             memory_mib: 1024,
+            disks: Vec::new(),
         }
     }
 }
@@ -181,7 +186,21 @@ impl Lab {
             .arg(&spec.kernel.vmlinuz)
             .arg("-initrd")
             .arg(&initrd)
-            .args(["-append", &cmdline])
+            .args(["-append", &cmdline]);
+        for disk in &spec.disks {
+            if !disk.is_file() {
+                return Err(LabError::io(
+                    "attaching",
+                    disk,
+                    std::io::Error::from(std::io::ErrorKind::NotFound),
+                ));
+            }
+            command.arg("-drive").arg(format!(
+                "file={},format=raw,if=virtio,cache=writeback",
+                qemu_escape(disk)
+            ));
+        }
+        command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -20,6 +20,15 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
             args.output.display()
         );
     }
+    if let Some(dir) = args.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            anyhow::bail!(
+                "-o {}: the directory {} does not exist",
+                args.output.display(),
+                dir.display()
+            );
+        }
+    }
     let (target, cache) = target_and_cache(&args.kernel.target)?;
     let progress = crate::progress::for_output(args.json);
     let kernel = ensure_kernel(&cache, &target, &progress)?;
@@ -27,7 +36,8 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         patches: args.patches.clone(),
         output: args.output.clone(),
         name: args.name.clone(),
-        replace: !args.no_replace,
+        replace: !args.no_replace && args.set.is_none(),
+        set: args.set.clone(),
         keep_scratch: false,
     };
     let report = graft_build::build(&cache, &kernel, &options, &progress)
@@ -44,10 +54,10 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         "built {} ({}, {}) for {} [{}]",
         report.module.display(),
         m.name,
-        if m.replace {
-            "atomic replace"
-        } else {
-            "stacking"
+        match (&m.set, m.replace) {
+            (Some(set), _) => format!("replace set {set}"),
+            (None, true) => "atomic replace".to_string(),
+            (None, false) => "stacking".to_string(),
         },
         m.kernel.release,
         m.kernel.build_id

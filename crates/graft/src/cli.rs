@@ -70,6 +70,163 @@ pub enum Command {
     /// Benchmarks: graft against the floor of what it must do, measured in one run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Apply a livepatch module to the running kernel, and watch it go live on every task.
+    ///
+    /// Refuses, changing nothing: a module without its manifest (MODULE.json) or whose SHA-256
+    /// differs from it; a module built for another kernel (release or build-id, read from
+    /// /sys/kernel/notes); a patch whose functions another loaded patch already replaces in a
+    /// way that would drop that patch's change, or that another replace set owns; a second
+    /// transition while one runs. Then loads exactly the verified bytes (finit_module) and
+    /// watches the transition, showing the tasks still pending. After --grace it names the
+    /// tasks that block it: pid, command, state, stack and the patched function they are in.
+    /// At --timeout it reverses the transition and unloads the module, so the kernel ends as it
+    /// started. An atomic replace patch retires every older patch (their modules are unloaded);
+    /// a patch of a replace set retires only its set's older patch, after its own transition.
+    ///
+    /// Every step is journaled in the state directory; if graft is killed, the next graft
+    /// command finishes or rolls back the apply and says which.
+    ///
+    /// Exit status: 0 live; 3 the transition timed out and was reversed (the kernel is as
+    /// before); 4 it timed out and is still in transition (--no-revert-on-timeout, or the
+    /// reversal stalled too); 5 live, but retiring the superseded set patch stalled; 1 refused
+    /// or failed before loading.
+    #[command(
+        after_help = "Examples:\n  graft apply fix.ko\n  graft apply --timeout 120 --grace 30 fix.ko\n  graft apply --timeout 300 --force --i-understand-force-is-permanent fix.ko"
+    )]
+    Apply(ApplyArgs),
+    /// Disable a livepatch (an unpatching transition, watched like an apply) and unload it.
+    ///
+    /// Works on any loaded livepatch, graft's or not. At --timeout the patch is re-enabled, so
+    /// the kernel ends as it started. Exit status: 0 reverted; 3 timed out and restored;
+    /// 4 timed out and still in transition; 1 other errors.
+    #[command(after_help = "Example: graft revert fix")]
+    Revert(RevertArgs),
+    /// Every loaded livepatch, and the kernel's health since the last apply.
+    ///
+    /// Shows each patch (graft's or not) in stack order: enabled, in transition, replace mode
+    /// and set, objects and whether each is patched, functions, and the tasks still pending
+    /// during a transition; for each patched function, which patch's version runs; livepatch
+    /// modules left loaded without a patch; new kernel log errors (WARN, BUG, Oops, livepatch
+    /// errors) and taints since the last apply; the installed patches. Reconciles actions of a
+    /// graft that was killed first, and reports what it did.
+    Status(StatusArgs),
+    /// One line per loaded livepatch.
+    List(StatusArgs),
+    /// Keep a livepatch module in the state directory, for `graft boot` to apply at each boot.
+    ///
+    /// An atomic replace patch supersedes every installed patch for the same kernel; a replace
+    /// set patch supersedes its set's older one. Installing does not apply: run `graft apply`
+    /// for that.
+    #[command(after_help = "Example: graft install fix.ko && graft apply fix.ko")]
+    Install(InstallArgs),
+    /// Remove an installed patch (a live one stays live; `graft revert` removes it now).
+    Uninstall(UninstallArgs),
+    /// Apply the installed patches for the running kernel, in order (run by graft.service).
+    ///
+    /// Does nothing when the kernel command line has graft.disable=1. Patches built for another
+    /// kernel are skipped and listed; the first failure stops the rest. Exit status: 0 all
+    /// applied (or disabled); 1 a patch failed.
+    Boot(BootArgs),
+}
+
+/// Where graft keeps its journal and installed patches.
+#[derive(Debug, Args)]
+pub struct StateArg {
+    /// The state directory.
+    #[arg(long = "state-dir", value_name = "DIR", env = "GRAFT_STATE_DIR", default_value = graft_host::state::DEFAULT_STATE_DIR)]
+    pub dir: PathBuf,
+}
+
+/// How long transitions may take.
+#[derive(Debug, Args)]
+pub struct TransitionArgs {
+    /// Seconds before a stalled transition is reversed.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub timeout: u64,
+    /// Seconds before the tasks blocking a transition are named.
+    #[arg(long, value_name = "SECS", default_value_t = 15)]
+    pub grace: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub state: StateArg,
+    #[command(flatten)]
+    pub transition: TransitionArgs,
+    /// At the timeout, leave the transition running instead of reversing it.
+    #[arg(long)]
+    pub no_revert_on_timeout: bool,
+    /// At the timeout, write `force`: every pending task is marked patched. Irreversible: the
+    /// module can never be removed, and tasks inside the old code may still run it. Recorded.
+    #[arg(
+        long,
+        requires = "i_understand_force_is_permanent",
+        conflicts_with = "no_revert_on_timeout"
+    )]
+    pub force: bool,
+    /// Confirms --force.
+    #[arg(long, requires = "force")]
+    pub i_understand_force_is_permanent: bool,
+    /// Print a JSON report.
+    #[arg(long)]
+    pub json: bool,
+    /// The livepatch module (its manifest MODULE.json beside it).
+    #[arg(value_name = "MODULE.ko")]
+    pub module: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RevertArgs {
+    #[command(flatten)]
+    pub state: StateArg,
+    #[command(flatten)]
+    pub transition: TransitionArgs,
+    /// Print a JSON report.
+    #[arg(long)]
+    pub json: bool,
+    /// The livepatch's name (as `graft status` shows it).
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub state: StateArg,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    #[command(flatten)]
+    pub state: StateArg,
+    /// Print a JSON report.
+    #[arg(long)]
+    pub json: bool,
+    /// The livepatch module (its manifest MODULE.json beside it).
+    #[arg(value_name = "MODULE.ko")]
+    pub module: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    #[command(flatten)]
+    pub state: StateArg,
+    /// The installed patch's name.
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct BootArgs {
+    #[command(flatten)]
+    pub state: StateArg,
+    #[command(flatten)]
+    pub transition: TransitionArgs,
+    /// Print a JSON report.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,6 +293,11 @@ pub struct BuildArgs {
     /// Build a stacking patch instead of an atomic replace (cumulative) one.
     #[arg(long)]
     pub no_replace: bool,
+    /// Make the patch a member of the replace set NAME (a stacking patch): when applied, it
+    /// supersedes only the live patch of the same set and leaves other sets' patches live.
+    /// Each patch of a set should carry all of that set's fixes.
+    #[arg(long, value_name = "NAME", conflicts_with = "no_replace")]
+    pub set: Option<String>,
     /// Print every function's verdict: changed, new, unchanged, removed, and why.
     #[arg(long)]
     pub explain: bool,
@@ -259,6 +421,10 @@ pub struct LabRunArgs {
     /// Guest memory in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 1024)]
     pub memory: u32,
+    /// Attach a raw disk image as a virtio disk (load `virtio_pci` and `virtio_blk` with
+    /// --module to see it as /dev/vda); it keeps what the guest writes, across runs.
+    #[arg(long = "disk", value_name = "IMAGE")]
+    pub disks: Vec<PathBuf>,
     /// Print the guest kernel log after the run.
     #[arg(long)]
     pub show_dmesg: bool,

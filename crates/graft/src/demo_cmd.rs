@@ -73,6 +73,7 @@ pub fn run(target: &str) -> anyhow::Result<ExitCode> {
             output: module.clone(),
             name: None,
             replace: true,
+            set: None,
             keep_scratch: false,
         },
         &progress,

@@ -105,6 +105,7 @@ fn run_script(args: LabRunArgs) -> anyhow::Result<ExitCode> {
     spec.timeout = Duration::from_secs(args.timeout);
     spec.boot_timeout = Duration::from_secs(args.boot_timeout);
     spec.memory_mib = args.memory;
+    spec.disks = args.disks.clone();
     if !args.no_graft {
         spec.graft_binary = Some(std::env::current_exe().context("locating the graft binary")?);
     }

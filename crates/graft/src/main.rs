@@ -4,6 +4,7 @@ mod bench_cmd;
 mod build_cmd;
 mod cli;
 mod demo_cmd;
+mod host_cmd;
 mod kernel_cmd;
 mod lab_cmd;
 mod progress;
@@ -33,6 +34,13 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Bench(cli::BenchCommand::Build(args)) => bench_cmd::run(args),
         cli::Command::Test(args) => test_cmd::run(args),
         cli::Command::Demo(args) => demo_cmd::run(&args.kernel.target),
+        cli::Command::Apply(args) => host_cmd::apply(args),
+        cli::Command::Revert(args) => host_cmd::revert(args),
+        cli::Command::Status(args) => host_cmd::status(args, false),
+        cli::Command::List(args) => host_cmd::status(args, true),
+        cli::Command::Install(args) => host_cmd::install(args),
+        cli::Command::Uninstall(args) => host_cmd::uninstall(args),
+        cli::Command::Boot(args) => host_cmd::boot(args),
     }
 }
 

@@ -26,17 +26,6 @@ const STEPS: &[(i32, &str)] = &[
 /// The kernel log shows errors.
 const EXIT_KERNEL_LOG: u8 = 8;
 
-/// Kernel log lines that fail a test.
-const BAD_LOG: &[&str] = &[
-    "WARNING: CPU",
-    "BUG:",
-    "kernel BUG",
-    "Oops",
-    "general protection fault",
-    "Call Trace:",
-    "unable to handle",
-];
-
 /// The module name recorded in `.modinfo` (what the livepatch is called in sysfs).
 fn module_name(path: &Path) -> anyhow::Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -198,7 +187,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     let errors: Vec<String> = log
         .lines()
         .filter(|l| {
-            BAD_LOG.iter().any(|b| l.contains(b))
+            graft_host::kmsg::BAD_LOG.iter().any(|b| l.contains(b))
                 || (l.contains("livepatch:")
                     && (l.contains("failed") || l.contains("error") || l.contains("invalid")))
         })
