@@ -89,6 +89,40 @@ pub fn records_after(after: Option<u64>) -> io::Result<Vec<Record>> {
     Ok(records)
 }
 
+/// The kernel log from a point on: opened at its end, it reads only records logged later.
+#[derive(Debug)]
+pub struct Follow {
+    file: std::fs::File,
+}
+
+impl Follow {
+    /// Starts at the current end of the log (one seek, however long the log is).
+    pub fn from_now() -> io::Result<Self> {
+        use std::io::{Seek, SeekFrom};
+        let mut file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open("/dev/kmsg")?;
+        file.seek(SeekFrom::End(0))?;
+        Ok(Self { file })
+    }
+
+    /// Records logged since the last call (or since [`Follow::from_now`]).
+    pub fn new_records(&mut self) -> Vec<Record> {
+        let mut records = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match self.file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => records.extend(buf.get(..n).and_then(parse_record)),
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+                Err(_) => break,
+            }
+        }
+        records
+    }
+}
+
 /// The sequence number of the newest record, the mark to compare against later.
 pub fn last_seq() -> io::Result<Option<u64>> {
     Ok(records_after(None)?.last().map(|r| r.seq))

@@ -385,28 +385,42 @@ pub fn apply(
     let started = Instant::now();
     sys::livepatch_dir()?;
     let running = sys::running_kernel()?;
+    tracing::debug!(elapsed = ?started.elapsed(), "running kernel");
     let checked = check_module(module, Some(&running))?;
+    tracing::debug!(elapsed = ?started.elapsed(), "module checked");
     let manifest = checked.manifest;
     let name = manifest.name.clone();
     let loaded = sys::loaded_patches()?;
+    tracing::debug!(elapsed = ?started.elapsed(), "loaded patches");
     let retire = plan(&manifest, &loaded, state.root())?;
+    tracing::debug!(elapsed = ?started.elapsed(), "checked");
 
-    let mut entry = state.begin(Action::Apply, Some(&name))?;
+    // The kernel log from here on: load errors for the report, the health baseline after.
+    let mut log = kmsg::Follow::from_now().ok();
+    let mut entry = StateDir::new_entry(Action::Apply, Some(&name));
     entry.manifest = Some(manifest.clone());
     entry.retire = retire.clone();
-    entry.baseline = Some(baseline());
-    state.step(&mut entry, format!("checked {}", module.display()))?;
+    entry.baseline = Some(Baseline {
+        kmsg_seq: None,
+        taint: kmsg::taint().unwrap_or(0),
+        at_ms: state::now_ms(),
+    });
+    entry.note(format!("checked {}; loading", module.display()));
+    state.start(&entry)?;
+    tracing::debug!(elapsed = ?started.elapsed(), "journaled");
     pause_point("before-load");
 
-    state.step(&mut entry, "loading")?;
     observer.note(&format!("loading {name}"));
-    if let Err(cause) = sys::load_module(&name, &checked.bytes) {
-        let seq = entry.baseline.as_ref().and_then(|b| b.kmsg_seq);
-        let lines: Vec<String> = kmsg::records_after(seq)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|r| r.text)
-            .collect();
+    let loaded = sys::load_module(&name, &checked.bytes);
+    let records = log
+        .as_mut()
+        .map(kmsg::Follow::new_records)
+        .unwrap_or_default();
+    if let (Some(b), Some(first)) = (entry.baseline.as_mut(), records.first()) {
+        b.kmsg_seq = first.seq.checked_sub(1);
+    }
+    if let Err(cause) = loaded {
+        let lines: Vec<String> = records.into_iter().map(|r| r.text).collect();
         let log = if lines.is_empty() {
             String::new()
         } else {
@@ -419,7 +433,8 @@ pub fn apply(
             log,
         });
     }
-    state.step(&mut entry, "loaded; transition started")?;
+    tracing::debug!(elapsed = ?started.elapsed(), "loaded");
+    entry.note("loaded; transition started");
     pause_point("after-load");
 
     let transition_started = Instant::now();
@@ -427,6 +442,7 @@ pub fn apply(
     let Some(stall) = stall else {
         let transition_secs = transition_started.elapsed().as_secs_f64();
         let elapsed_secs = started.elapsed().as_secs_f64();
+        tracing::debug!(elapsed = ?started.elapsed(), "transition done");
         state.step(
             &mut entry,
             format!("transition complete in {transition_secs:.3} s"),
@@ -534,6 +550,16 @@ fn finish_applied(
     let name = manifest.name.clone();
     let mut retired = Vec::new();
     let mut outcome = ApplyOutcome::Applied;
+    if entry
+        .baseline
+        .as_ref()
+        .is_some_and(|b| b.kmsg_seq.is_none())
+    {
+        let seq = kmsg::last_seq().ok().flatten();
+        if let Some(b) = entry.baseline.as_mut() {
+            b.kmsg_seq = seq;
+        }
+    }
     for old in entry.retire.clone() {
         state.step(entry, format!("retiring {old}"))?;
         if manifest.replace {

@@ -3,8 +3,10 @@
 //!
 //! Layout:
 //! - `lock`: held (flock) by the graft command that changes anything;
-//! - `journal/<id>.json`: one file per action, rewritten atomically at each step; an entry
+//! - `journal/<id>.json`: one file per action, rewritten atomically at its key steps; an entry
 //!   without an outcome after its graft died is an interrupted action, reconciled next time;
+//! - `journal/open/<id>`: a marker per action still running, so finding interrupted actions
+//!   never reads the whole journal;
 //! - `applied/<name>.json`: the manifest and health baseline of each patch graft applied;
 //! - `installed/index.json` plus `installed/<name>.ko` and `.json`: what `graft boot` applies.
 
@@ -111,6 +113,16 @@ pub struct Baseline {
     pub at_ms: u64,
 }
 
+impl Entry {
+    /// Adds a step, written with the entry's next save.
+    pub fn note(&mut self, what: impl Into<String>) {
+        self.steps.push(Step {
+            at_ms: now_ms(),
+            what: what.into(),
+        });
+    }
+}
+
 /// What graft remembers of a patch it applied.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Applied {
@@ -170,7 +182,7 @@ impl StateDir {
         if root.exists() && !root.is_dir() {
             return Err(state_error(root, "exists and is not a directory"));
         }
-        for sub in ["journal", "applied", "installed"] {
+        for sub in ["journal/open", "applied", "installed"] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir)
                 .map_err(|e| state_error(root, format!("cannot create {}: {e}", dir.display())))?;
@@ -222,8 +234,15 @@ impl StateDir {
 
     /// Starts a journal entry (written before the action touches anything).
     pub fn begin(&self, action: Action, patch: Option<&str>) -> Result<Entry, HostError> {
+        let entry = Self::new_entry(action, patch);
+        self.start(&entry)?;
+        Ok(entry)
+    }
+
+    /// A journal entry not yet written: fill it in, then [`StateDir::start`] it.
+    pub fn new_entry(action: Action, patch: Option<&str>) -> Entry {
         let started_ms = now_ms();
-        let entry = Entry {
+        Entry {
             id: format!("{started_ms:013}-{}-{:?}", std::process::id(), action)
                 .to_ascii_lowercase(),
             action,
@@ -236,10 +255,21 @@ impl StateDir {
             forced: false,
             steps: Vec::new(),
             outcome: None,
-        };
-        self.save(&entry)?;
+        }
+    }
+
+    /// Writes a new entry and marks it open: from here on, a killed graft is detected.
+    pub fn start(&self, entry: &Entry) -> Result<(), HostError> {
+        self.save(entry)?;
+        let marker = self.open_marker(&entry.id);
+        File::create(&marker).map_err(|e| HostError::io("creating", &marker, e))?;
+        sync_dir(&self.journal_dir().join("open"))?;
         self.prune();
-        Ok(entry)
+        Ok(())
+    }
+
+    fn open_marker(&self, id: &str) -> PathBuf {
+        self.journal_dir().join("open").join(id)
     }
 
     /// Rewrites an entry atomically.
@@ -248,12 +278,9 @@ impl StateDir {
         write_json(&path, entry)
     }
 
-    /// Records a step.
+    /// Records a step, durably.
     pub fn step(&self, entry: &mut Entry, what: impl Into<String>) -> Result<(), HostError> {
-        entry.steps.push(Step {
-            at_ms: now_ms(),
-            what: what.into(),
-        });
+        entry.note(what);
         self.save(entry)
     }
 
@@ -269,7 +296,10 @@ impl StateDir {
             summary: summary.into(),
             at_ms: now_ms(),
         });
-        self.save(entry)
+        self.save(entry)?;
+        // A marker left by a crash right here is harmless: its entry has an outcome.
+        let _ = fs::remove_file(self.open_marker(&entry.id));
+        Ok(())
     }
 
     /// Every entry, oldest first. Unreadable entries are reported as errors: a journal that
@@ -286,20 +316,43 @@ impl StateDir {
         paths.iter().map(|p| read_json(p)).collect()
     }
 
-    /// Entries with no outcome: actions whose graft was killed.
+    /// Entries with no outcome: actions whose graft was killed (the caller holds the lock, so
+    /// no other graft is running them), oldest first.
     pub fn interrupted(&self) -> Result<Vec<Entry>, HostError> {
-        Ok(self
-            .entries()?
-            .into_iter()
-            .filter(|e| e.outcome.is_none())
-            .collect())
+        let open = self.journal_dir().join("open");
+        let mut ids: Vec<String> = fs::read_dir(&open)
+            .map_err(|e| HostError::io("listing", &open, e))?
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        ids.sort();
+        let mut entries = Vec::new();
+        for id in ids {
+            let path = self.journal_dir().join(format!("{id}.json"));
+            if !path.exists() {
+                // Killed between creating the marker's entry and the marker: nothing ran.
+                let _ = fs::remove_file(self.open_marker(&id));
+                continue;
+            }
+            let entry: Entry = read_json(&path)?;
+            if entry.outcome.is_some() {
+                let _ = fs::remove_file(self.open_marker(&id));
+            } else {
+                entries.push(entry);
+            }
+        }
+        Ok(entries)
     }
 
     fn prune(&self) {
         let Ok(entries) = fs::read_dir(self.journal_dir()) else {
             return;
         };
-        let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
         if paths.len() <= KEPT_ENTRIES {
             return;
         }
@@ -417,10 +470,14 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), HostError> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| HostError::io("syncing", dir, e))?;
+    match path.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), HostError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| HostError::io("syncing", dir, e))
 }

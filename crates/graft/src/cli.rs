@@ -239,6 +239,40 @@ pub enum BenchCommand {
         after_help = "Example: graft bench build tests/cases/proc-pid-limits-header tests/cases/uts-names-reject-control-chars"
     )]
     Build(BenchBuildArgs),
+    /// Time `graft apply` against the floor, in a VM of the module's target: the floor is
+    /// loading the module with busybox insmod and polling its `transition` file in a shell
+    /// loop until it reads 0. Each run of either is from the start of the command to the
+    /// transition done, the module reverted between runs; the medians and their ratio are
+    /// printed.
+    #[command(after_help = "Example: graft bench apply --runs 7 fix.ko")]
+    Apply(BenchApplyArgs),
+    /// The guest half of `graft bench apply` (runs inside the lab VM).
+    #[command(hide = true)]
+    ApplyGuest(BenchApplyGuestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchApplyArgs {
+    #[command(flatten)]
+    pub kernel: KernelArg,
+    /// Timed runs of each (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// A livepatch module for the target (its manifest beside it).
+    #[arg(value_name = "MODULE.ko")]
+    pub module: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchApplyGuestArgs {
+    /// Timed runs of each.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// The module.
+    pub module: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -99,8 +99,10 @@ fn limits(t: &TransitionArgs) -> anyhow::Result<TransitionLimits> {
 /// Opens the state directory and reconciles interrupted actions, reporting them.
 fn open_state(state: &StateArg, watcher: &mut Watcher) -> anyhow::Result<(StateDir, Vec<String>)> {
     let dir = StateDir::open(&state.dir, &mut |msg| eprintln!("graft: {msg}"))?;
+    tracing::debug!("state directory open");
     let reconciled = ops::reconcile(&dir, TransitionLimits::default(), watcher)
         .context("reconciling an interrupted action")?;
+    tracing::debug!("reconciled");
     Ok((dir, reconciled))
 }
 

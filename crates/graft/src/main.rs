@@ -32,6 +32,8 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Lab(cmd) => lab_cmd::run(cmd),
         cli::Command::Build(args) => build_cmd::run(args),
         cli::Command::Bench(cli::BenchCommand::Build(args)) => bench_cmd::run(args),
+        cli::Command::Bench(cli::BenchCommand::Apply(args)) => bench_cmd::apply(args),
+        cli::Command::Bench(cli::BenchCommand::ApplyGuest(args)) => bench_cmd::apply_guest(args),
         cli::Command::Test(args) => test_cmd::run(args),
         cli::Command::Demo(args) => demo_cmd::run(&args.kernel.target),
         cli::Command::Apply(args) => host_cmd::apply(args),

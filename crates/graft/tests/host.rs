@@ -715,3 +715,27 @@ no_livepatch_left
     );
     assert!(third.contains("graft.disable=1 is on the kernel command line: applying none of the 3 installed patches"), "{third}");
 }
+
+/// The apply benchmark runs end to end (it measures; this only checks that it reports).
+#[test]
+fn apply_benchmark_reports_both_guests() {
+    let module = fixtures().join("graft_limits.ko");
+    let json = graft(&[
+        "bench",
+        "apply",
+        "--runs",
+        "1",
+        "--json",
+        module.to_str().unwrap(),
+    ]);
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{json}");
+    assert_eq!(rows[0]["cmdline"], "norandmaps");
+    for row in rows {
+        assert_eq!(row["module"], "graft_limits");
+        assert_eq!(row["graft_s"].as_array().unwrap().len(), 1);
+        assert!(row["floor_median_s"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["ratio"].as_f64().unwrap() > 0.0, "{row}");
+    }
+}
