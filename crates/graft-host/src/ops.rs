@@ -725,8 +725,9 @@ pub fn reconcile(
             ));
             continue;
         };
+        let ago = state::now_ms().saturating_sub(when) / 1000;
         let message = format!(
-            "interrupted {} of {patch} (graft pid {} killed, started {when} ms since the epoch): {summary}",
+            "interrupted {} of {patch} (graft pid {}, started {ago} s ago, was killed): {summary}",
             format!("{:?}", entry.action).to_ascii_lowercase(),
             entry.pid,
         );

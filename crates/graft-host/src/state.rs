@@ -481,3 +481,72 @@ fn sync_dir(dir: &Path) -> Result<(), HostError> {
         .and_then(|d| d.sync_all())
         .map_err(|e| HostError::io("syncing", dir, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> StateDir {
+        match StateDir::open(dir, &mut |_| {}) {
+            Ok(s) => s,
+            Err(e) => panic!("opening {}: {e}", dir.display()),
+        }
+    }
+
+    #[test]
+    fn an_entry_without_outcome_is_interrupted_until_finished() -> Result<(), HostError> {
+        let tmp = tempfile::tempdir().map_err(|e| HostError::io("creating", "tmp", e))?;
+        let state = open(tmp.path());
+        let mut entry = StateDir::new_entry(Action::Apply, Some("fix"));
+        entry.pid = 0; // another, dead graft
+        state.start(&entry)?;
+        let pending = state.interrupted()?;
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].patch.as_deref(), Some("fix"));
+        state.finish(&mut entry, true, "done")?;
+        assert!(state.interrupted()?.is_empty());
+        assert_eq!(state.entries()?.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_second_graft_does_not_get_the_lock() -> Result<(), HostError> {
+        let tmp = tempfile::tempdir().map_err(|e| HostError::io("creating", "tmp", e))?;
+        let _held = open(tmp.path());
+        assert!(StateDir::try_open(tmp.path())?.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn a_file_is_not_a_state_directory() -> Result<(), HostError> {
+        let tmp =
+            tempfile::NamedTempFile::new().map_err(|e| HostError::io("creating", "tmp", e))?;
+        let err = StateDir::open(tmp.path(), &mut |_| {}).map(|_| ());
+        let message = err.map_err(|e| e.to_string()).err().unwrap_or_default();
+        assert!(
+            message.contains("exists and is not a directory"),
+            "{message}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_corrupt_entry_is_an_error_not_skipped() -> Result<(), HostError> {
+        let tmp = tempfile::tempdir().map_err(|e| HostError::io("creating", "tmp", e))?;
+        let state = open(tmp.path());
+        let entry = StateDir::new_entry(Action::Revert, Some("fix"));
+        state.start(&entry)?;
+        let path = tmp
+            .path()
+            .join("journal")
+            .join(format!("{}.json", entry.id));
+        fs::write(&path, b"{ truncated").map_err(|e| HostError::io("writing", &path, e))?;
+        let message = state
+            .interrupted()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(message.contains("corrupt"), "{message}");
+        Ok(())
+    }
+}

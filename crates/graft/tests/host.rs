@@ -492,6 +492,19 @@ limits_fixed || fail "the finished apply was not kept"
 json kept graft status --json
 expect 0 graft revert graft_limits
 
+kill_at after-load p/graft_limits.ko
+echo "@@status-4"; graft status; echo "@@end"
+expect 0 graft revert graft_limits
+
+# Killed while retiring the superseded patch of a replace set: the retirement is finished.
+expect 0 graft apply p/graft_set_version_1.ko
+kill_at retiring p/graft_set_version_2.ko
+echo "@@status-5"; graft status; echo "@@end"
+[ "$(patches)" = "graft_set_version_2 " ] || fail "the retirement was not finished: $(patches)"
+grep -q graft_set_version_1 /proc/modules && fail "the superseded module is still loaded"
+grep -qx 'graft-a graft-b' /proc/version || fail "set version 2 is not live"
+expect 0 graft revert graft_set_version_2
+
 # Killed while the transition is stalled: no pause point needed.
 insmod p/graft_stall_fixture.ko || fail "fixture"
 graft apply --timeout 600 p/graft_stall_patch.ko 2>/dev/null &
@@ -528,6 +541,24 @@ grep -h '"summary"' /var/lib/graft/journal/*.json
         .contains("its transition had finished: kept it applied and recorded it"));
     assert!(section("status-2").contains("1. graft_limits [enabled, replace]"));
     assert_eq!(json_blocks(&output)["kept"]["patches"][0]["managed"], true);
+    let fourth = section("status-4");
+    assert!(
+        fourth.contains("interrupted apply of graft_limits"),
+        "{fourth}"
+    );
+    assert!(
+        fourth.contains("1. graft_limits [enabled, replace]"),
+        "{fourth}"
+    );
+    let fifth = section("status-5");
+    assert!(
+        fifth.contains("interrupted apply of graft_set_version_2"),
+        "{fifth}"
+    );
+    assert!(
+        fifth.contains("kept it applied and retired graft_set_version_1"),
+        "{fifth}"
+    );
     let third = section("status-3");
     assert!(
         third.contains("interrupted apply of graft_stall_patch"),
