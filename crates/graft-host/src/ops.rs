@@ -301,6 +301,12 @@ fn plan(
                         other.name, other.name
                     )));
                 }
+                (None, Some(b)) => {
+                    return Err(refuse(format!(
+                        "{what} belongs to replace set {b} (live in {}); a patch outside the set would hide it and block the set's upgrades. Build the fix into set {b} (graft build --set {b})",
+                        other.name
+                    )));
+                }
                 _ => {}
             }
             let carries = digests(theirs).iter().all(|d| ours.contains(d));

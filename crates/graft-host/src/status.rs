@@ -64,6 +64,8 @@ pub struct Health {
     pub since_ms: u64,
     /// Kernel log lines reporting problems since then.
     pub kernel_log_errors: Vec<String>,
+    /// Why the kernel log could not be read (then `ok` is false: health unknown).
+    pub kernel_log_unreadable: Option<String>,
     /// Taints now.
     pub taint: Vec<String>,
     /// Taints added since then, beyond those a livepatch always adds (O, E, K).
@@ -212,20 +214,27 @@ fn functions(loaded: &[LoadedPatch]) -> Vec<FunctionStatus> {
 }
 
 fn health_since(applied: &Applied) -> Health {
-    let kernel_log_errors: Vec<String> = kmsg::records_after(applied.baseline.kmsg_seq)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| kmsg::is_bad(&r.text))
-        .map(|r| r.text)
-        .collect();
+    let (kernel_log_errors, kernel_log_unreadable) =
+        match kmsg::records_after(applied.baseline.kmsg_seq) {
+            Ok(records) => (
+                records
+                    .into_iter()
+                    .filter(|r| kmsg::is_bad(&r.text))
+                    .map(|r| r.text)
+                    .collect(),
+                None,
+            ),
+            Err(e) => (Vec::new(), Some(format!("reading /dev/kmsg: {e}"))),
+        };
     let now = kmsg::taint().unwrap_or(0);
     let added = now & !applied.baseline.taint & !kmsg::EXPECTED_BY_LIVEPATCH;
     let new_taint = kmsg::describe_taint(added);
     Health {
         since_patch: applied.manifest.name.clone(),
         since_ms: applied.baseline.at_ms,
-        ok: kernel_log_errors.is_empty() && new_taint.is_empty(),
+        ok: kernel_log_errors.is_empty() && new_taint.is_empty() && kernel_log_unreadable.is_none(),
         kernel_log_errors,
+        kernel_log_unreadable,
         taint: kmsg::describe_taint(now),
         new_taint,
     }

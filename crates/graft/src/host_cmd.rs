@@ -338,6 +338,9 @@ fn print_status(status: &Status) {
             );
         } else {
             out!("health since applying {}: PROBLEMS", h.since_patch);
+            if let Some(e) = &h.kernel_log_unreadable {
+                out!("  unknown: {e}");
+            }
             for l in &h.kernel_log_errors {
                 out!("  kernel log: {l}");
             }
