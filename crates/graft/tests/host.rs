@@ -690,6 +690,10 @@ mke2fs -q /dev/vda || fail mke2fs
 mount -t ext4 /dev/vda /var/lib/graft || fail mount
 expect 0 graft install p/graft_set_version_1.ko
 expect 0 graft install p/graft_set_limits_1.ko
+expect 0 graft install p/graft_set_version_2.ko
+expect 0 graft install p/graft_version_c.ko
+expect 0 graft uninstall graft_version_c
+expect 1 graft uninstall graft_version_c
 cp p/graft_limits.ko /tmp/other.ko
 sed -e 's/"build_id": "[0-9a-f]*"/"build_id": "0123456789abcdef0123456789abcdef01234567"/' p/graft_limits.json > /tmp/other.json
 expect 0 graft install /tmp/other.ko
@@ -700,6 +704,19 @@ umount /var/lib/graft
         with_disk,
     );
     assert!(first.contains("installed graft_set_limits_1"), "{first}");
+    assert!(
+        first.contains("it supersedes (uninstalled): graft_set_version_1"),
+        "{first}"
+    );
+    assert!(first.contains("uninstalled graft_version_c"), "{first}");
+    assert!(
+        first.contains("no installed patch named graft_version_c"),
+        "{first}"
+    );
+    assert!(
+        first.contains("graft_limits for 6.1.0-56-amd64 (for another kernel: skipped at boot)"),
+        "{first}"
+    );
     // Reboot: graft boot applies them.
     let second = run_guest(
         &format!(
@@ -707,7 +724,7 @@ umount /var/lib/graft
 mount -t ext4 /dev/vda /var/lib/graft || fail mount
 no_livepatch_left
 json boot graft boot --json
-grep -qx 'graft-a' /proc/version || fail "set version is not live after boot"
+grep -qx 'graft-a graft-b' /proc/version || fail "set version 2 is not live after boot"
 limits_fixed || fail "set limits is not live after boot"
 json status graft status --json
 umount /var/lib/graft
@@ -723,12 +740,13 @@ umount /var/lib/graft
             .find(|i| i["name"] == name)
             .map(|i| i["result"].as_str().unwrap().to_string())
     };
-    assert_eq!(result("graft_set_version_1").as_deref(), Some("applied"));
+    assert_eq!(result("graft_set_version_1"), None, "superseded at install");
+    assert_eq!(result("graft_set_version_2").as_deref(), Some("applied"));
     assert_eq!(result("graft_set_limits_1").as_deref(), Some("applied"));
     assert_eq!(result("graft_limits").as_deref(), Some("skipped"));
     assert_eq!(
         patch_names(&json["status"]),
-        ["graft_set_version_1", "graft_set_limits_1"]
+        ["graft_set_limits_1", "graft_set_version_2"]
     );
     // Reboot with graft.disable=1: nothing is applied.
     let third = run_guest(
