@@ -307,7 +307,11 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), CacheError> {
     file.write_all(data)
         .and_then(|()| file.sync_all())
         .map_err(|e| CacheError::io("writing", &tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| CacheError::io("renaming", &tmp, e))
+    fs::rename(&tmp, path).map_err(|e| CacheError::io("renaming", &tmp, e))?;
+    // The rename itself is durable only once the directory is synced.
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| CacheError::io("syncing", dir, e))
 }
 
 /// Bytes used on disk below `path` (apparent sizes, symlinks not followed).

@@ -64,62 +64,59 @@ fn parse_record(raw: &[u8]) -> Option<Record> {
 
 /// The records still in the kernel's buffer with a sequence number above `after`.
 pub fn records_after(after: Option<u64>) -> io::Result<Vec<Record>> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open("/dev/kmsg")?;
-    let mut records = Vec::new();
-    let mut buf = vec![0u8; 8192];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                if let Some(r) = buf.get(..n).and_then(parse_record) {
-                    if after.is_none_or(|a| r.seq > a) {
-                        records.push(r);
-                    }
-                }
-            }
-            // Records were overwritten while reading: go on from the oldest still there.
-            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(records)
+    let mut log = Follow::from_start()?;
+    Ok(log
+        .new_records()?
+        .into_iter()
+        .filter(|r| after.is_none_or(|a| r.seq > a))
+        .collect())
 }
 
-/// The kernel log from a point on: opened at its end, it reads only records logged later.
+/// The kernel log read as it grows: each read of `/dev/kmsg` returns one record.
 #[derive(Debug)]
 pub struct Follow {
     file: std::fs::File,
 }
 
 impl Follow {
-    /// Starts at the current end of the log (one seek, however long the log is).
-    pub fn from_now() -> io::Result<Self> {
-        use std::io::{Seek, SeekFrom};
-        let mut file = OpenOptions::new()
+    fn open() -> io::Result<std::fs::File> {
+        OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NONBLOCK)
-            .open("/dev/kmsg")?;
+            .open("/dev/kmsg")
+    }
+
+    /// From the oldest record still in the buffer.
+    pub fn from_start() -> io::Result<Self> {
+        Ok(Self {
+            file: Self::open()?,
+        })
+    }
+
+    /// From the current end of the log (one seek, however long the log is): only records
+    /// logged later.
+    pub fn from_now() -> io::Result<Self> {
+        use std::io::{Seek, SeekFrom};
+        let mut file = Self::open()?;
         file.seek(SeekFrom::End(0))?;
         Ok(Self { file })
     }
 
-    /// Records logged since the last call (or since [`Follow::from_now`]).
-    pub fn new_records(&mut self) -> Vec<Record> {
+    /// Records logged since the last call (or since the start point).
+    pub fn new_records(&mut self) -> io::Result<Vec<Record>> {
         let mut records = Vec::new();
         let mut buf = vec![0u8; 8192];
         loop {
             match self.file.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => records.extend(buf.get(..n).and_then(parse_record)),
+                // Records were overwritten while reading: go on from the oldest still there.
                 Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
-                Err(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
             }
         }
-        records
+        Ok(records)
     }
 }
 

@@ -11,7 +11,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use graft_manifest::Manifest;
-use object::{Object, ObjectSection};
 
 use crate::kmsg;
 use crate::state::{self, Action, Applied, Baseline, Entry, Installed, StateDir};
@@ -132,30 +131,6 @@ fn pause_point(point: &str) {
     }
 }
 
-/// The `.modinfo` of a kernel module.
-fn modinfo(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, String>, HostError> {
-    let bad = |reason: String| HostError::BadModule {
-        module: path.to_path_buf(),
-        reason,
-    };
-    let file = object::File::parse(bytes)
-        .map_err(|e| bad(format!("not a valid ELF object ({e}); truncated?")))?;
-    let section = file
-        .section_by_name(".modinfo")
-        .ok_or_else(|| bad("no .modinfo section: not a kernel module".into()))?;
-    let data = section
-        .data()
-        .map_err(|e| bad(format!(".modinfo unreadable ({e}); truncated?")))?;
-    Ok(data
-        .split(|&b| b == 0)
-        .filter_map(|kv| {
-            let kv = String::from_utf8_lossy(kv);
-            let (k, v) = kv.split_once('=')?;
-            Some((k.to_string(), v.to_string()))
-        })
-        .collect())
-}
-
 /// A module checked against its manifest and the running kernel.
 struct Checked {
     manifest: Manifest,
@@ -170,22 +145,16 @@ fn check_module(module: &Path, running: Option<&sys::RunningKernel>) -> Result<C
     let manifest_path = graft_manifest::manifest_path(module);
     let manifest_bytes =
         std::fs::read(&manifest_path).map_err(|e| HostError::io("reading", &manifest_path, e))?;
-    let info = modinfo(module, &bytes)?;
-    let bad = |reason: String| HostError::BadModule {
-        module: module.to_path_buf(),
-        reason,
-    };
-    if info.get("livepatch").map(String::as_str) != Some("Y") {
-        return Err(bad(
-            "not a livepatch module (.modinfo lacks livepatch=Y)".into()
-        ));
-    }
-    if info.get("name") != Some(&manifest.name) {
-        return Err(bad(format!(
-            "its module name {:?} differs from the manifest's {}",
-            info.get("name"),
-            manifest.name
-        )));
+    let info = sys::modinfo(module, &bytes)?;
+    let name = sys::livepatch_name(module, &info)?;
+    if name != manifest.name {
+        return Err(HostError::BadModule {
+            module: module.to_path_buf(),
+            reason: format!(
+                "its module name {name} differs from the manifest's {}",
+                manifest.name
+            ),
+        });
     }
     if let Some(running) = running {
         let vermagic = info.get("vermagic").cloned().unwrap_or_default();
@@ -226,6 +195,7 @@ fn baseline() -> Baseline {
 fn plan(
     manifest: &Manifest,
     loaded: &[LoadedPatch],
+    modules: &[sys::LoadedModule],
     root: &Path,
 ) -> Result<Vec<String>, HostError> {
     let refuse = |reason: String| HostError::Conflict {
@@ -240,7 +210,7 @@ fn plan(
             p.name
         )));
     }
-    if sys::module_loaded(&manifest.name)? {
+    if modules.iter().any(|m| m.name == manifest.name) {
         return Err(refuse(format!(
             "a module named {} is already loaded (a disabled livepatch not yet unloaded?); unload it first",
             manifest.name
@@ -391,14 +361,12 @@ pub fn apply(
     let started = Instant::now();
     sys::livepatch_dir()?;
     let running = sys::running_kernel()?;
-    tracing::debug!(elapsed = ?started.elapsed(), "running kernel");
     let checked = check_module(module, Some(&running))?;
-    tracing::debug!(elapsed = ?started.elapsed(), "module checked");
     let manifest = checked.manifest;
     let name = manifest.name.clone();
-    let loaded = sys::loaded_patches()?;
-    tracing::debug!(elapsed = ?started.elapsed(), "loaded patches");
-    let retire = plan(&manifest, &loaded, state.root())?;
+    let modules = sys::loaded_modules()?;
+    let loaded = sys::loaded_patches(&modules)?;
+    let retire = plan(&manifest, &loaded, &modules, state.root())?;
     tracing::debug!(elapsed = ?started.elapsed(), "checked");
 
     // The kernel log from here on: load errors for the report, the health baseline after.
@@ -420,7 +388,7 @@ pub fn apply(
     let loaded = sys::load_module(&name, &checked.bytes);
     let records = log
         .as_mut()
-        .map(kmsg::Follow::new_records)
+        .and_then(|l| l.new_records().ok())
         .unwrap_or_default();
     if let (Some(b), Some(first)) = (entry.baseline.as_mut(), records.first()) {
         b.kmsg_seq = first.seq.checked_sub(1);

@@ -109,7 +109,8 @@ impl Status {
     pub fn read(state_root: &Path, reconciled: Vec<String>) -> Result<Self, HostError> {
         sys::livepatch_dir()?;
         let kernel = sys::running_kernel()?;
-        let loaded = sys::loaded_patches()?;
+        let modules = sys::loaded_modules()?;
+        let loaded = sys::loaded_patches(&modules)?;
         let applied: BTreeMap<String, Applied> = state::applied_in(state_root)
             .into_iter()
             .map(|a| (a.manifest.name.clone(), a))
@@ -120,7 +121,7 @@ impl Status {
             .map(|(i, p)| patch_status(p, i + 1, applied.get(&p.name)))
             .collect();
         let functions = functions(&loaded);
-        let disabled_modules = sys::loaded_modules()?
+        let disabled_modules = modules
             .into_iter()
             .filter(|m| m.livepatch && !loaded.iter().any(|p| p.name == m.name))
             .map(|m| m.name)

@@ -1,12 +1,15 @@
 //! The kernel's interfaces for livepatching: `/sys/kernel/livepatch`, the running kernel's
 //! identity, and loading and unloading modules.
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use object::{Object, ObjectSection};
 
 use crate::HostError;
 
@@ -170,8 +173,9 @@ fn read_patch(dir: &Path, name: &str) -> io::Result<LoadedPatch> {
     })
 }
 
-/// Every registered patch, oldest first (the order the kernel stacks them in).
-pub fn loaded_patches() -> Result<Vec<LoadedPatch>, HostError> {
+/// Every registered patch, oldest first (the order the kernel stacks them in, which is the
+/// load order of `modules`, from [`loaded_modules`]).
+pub fn loaded_patches(modules: &[LoadedModule]) -> Result<Vec<LoadedPatch>, HostError> {
     let dir = livepatch_dir()?;
     let entries = fs::read_dir(&dir).map_err(|e| HostError::io("listing", &dir, e))?;
     let mut patches = Vec::new();
@@ -184,9 +188,8 @@ pub fn loaded_patches() -> Result<Vec<LoadedPatch>, HostError> {
             Err(e) => return Err(HostError::io("reading", entry.path(), e)),
         }
     }
-    let order = loaded_modules()?;
     let rank = |name: &str| {
-        order
+        modules
             .iter()
             .position(|m| m.name == name)
             .unwrap_or(usize::MAX)
@@ -313,6 +316,44 @@ pub fn unload_module(name: &str, wait: Duration) -> Result<(), HostError> {
             }
         }
     }
+}
+
+/// The `.modinfo` key/value pairs of a kernel module's bytes.
+pub fn modinfo(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, String>, HostError> {
+    let bad = |reason: String| HostError::BadModule {
+        module: path.to_path_buf(),
+        reason,
+    };
+    let file = object::File::parse(bytes)
+        .map_err(|e| bad(format!("not a valid ELF object ({e}); truncated?")))?;
+    let section = file
+        .section_by_name(".modinfo")
+        .ok_or_else(|| bad("no .modinfo section: not a kernel module".into()))?;
+    let data = section
+        .data()
+        .map_err(|e| bad(format!(".modinfo unreadable ({e}); truncated?")))?;
+    Ok(data
+        .split(|&b| b == 0)
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect())
+}
+
+/// The name of a livepatch module (what sysfs calls the patch), from its `.modinfo`.
+pub fn livepatch_name(path: &Path, info: &BTreeMap<String, String>) -> Result<String, HostError> {
+    let bad = |reason: &str| HostError::BadModule {
+        module: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    if info.get("livepatch").map(String::as_str) != Some("Y") {
+        return Err(bad("not a livepatch module (.modinfo lacks livepatch=Y)"));
+    }
+    info.get("name")
+        .cloned()
+        .ok_or_else(|| bad(".modinfo has no name"))
 }
 
 /// The kernel command line.

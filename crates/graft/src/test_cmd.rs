@@ -29,30 +29,8 @@ const EXIT_KERNEL_LOG: u8 = 8;
 /// The module name recorded in `.modinfo` (what the livepatch is called in sysfs).
 fn module_name(path: &Path) -> anyhow::Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let module = graft_elf::ElfObject::parse(&path.display().to_string(), &bytes)?;
-    let modinfo = module
-        .sections
-        .iter()
-        .find(|s| s.name == ".modinfo")
-        .with_context(|| format!("{}: no .modinfo: not a kernel module", path.display()))?;
-    let livepatch = modinfo
-        .data
-        .split(|&b| b == 0)
-        .any(|kv| kv == b"livepatch=Y");
-    if !livepatch {
-        anyhow::bail!(
-            "{}: not a livepatch module (.modinfo lacks livepatch=Y)",
-            path.display()
-        );
-    }
-    modinfo
-        .data
-        .split(|&b| b == 0)
-        .find_map(|kv| {
-            kv.strip_prefix(b"name=")
-                .map(|n| String::from_utf8_lossy(n).into_owned())
-        })
-        .with_context(|| format!("{}: .modinfo has no name", path.display()))
+    let info = graft_host::sys::modinfo(path, &bytes)?;
+    Ok(graft_host::sys::livepatch_name(path, &info)?)
 }
 
 fn guest_script(
