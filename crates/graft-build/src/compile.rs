@@ -233,7 +233,7 @@ fn prepare_units_inner(
             })?;
             fs::write(dir.join("command"), &command)
                 .map_err(|e| BuildError::io("writing", dir, e))?;
-            let deps = crate::includes::deps_from_cmd_file(&text).join("\n");
+            let deps = graft_kernel::deps_from_cmd_file(&text).join("\n");
             fs::write(dir.join("deps"), deps).map_err(|e| BuildError::io("writing", dir, e))?;
             fs::rename(&built, dir.join("pre.o"))
                 .map_err(|e| BuildError::io("moving", &built, e))?;

@@ -13,7 +13,6 @@
 pub mod bench;
 mod compile;
 mod farm;
-mod includes;
 pub use graft_manifest as manifest;
 mod module;
 mod patchset;
@@ -59,7 +58,7 @@ pub enum BuildError {
         reason: String,
     },
     /// The local compiler is not the kernel's.
-    #[error("the kernel was built by `{expected}` but this machine's `{command}` is {}: objects would not match the running kernel; install that exact compiler",
+    #[error("the kernel was built by `{expected}` but this machine's `{command}` is {}: objects would not match the running kernel; install that compiler version (another distribution revision of it is accepted)",
         local.as_deref().map(|l| format!("`{l}`")).unwrap_or_else(|| "missing".into()))]
     CompilerMismatch {
         /// The compiler command.
@@ -90,6 +89,14 @@ pub enum BuildError {
     /// The differ refused the change.
     #[error("the patch cannot be live patched:\n{}", .0.iter().map(|r| format!("  - {r}")).collect::<Vec<_>>().join("\n"))]
     Refused(Vec<Refusal>),
+    /// The patch changes only sources this kernel's configuration does not build.
+    #[error("not built in this configuration of {target}: nothing to patch ({})", reasons.join("; "))]
+    NotBuiltInConfig {
+        /// The target.
+        target: String,
+        /// Why each source is not built.
+        reasons: Vec<String>,
+    },
     /// Nothing in the compiled code changed.
     #[error(
         "no effective change: the patches compile to the same code as the running kernel ({0})"
@@ -133,7 +140,58 @@ pub enum BuildError {
     },
 }
 
+/// How a build ended, for reports and exit statuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// A module was written.
+    Built,
+    /// The patch touches only code this kernel's configuration does not build.
+    NotBuiltInConfig,
+    /// The patch compiles to the code the kernel already runs.
+    NoChange,
+    /// graft will not make this patch, for a stated reason (changed data, `__init`, a run-pre
+    /// mismatch, an ambiguous symbol, ...).
+    Refused,
+    /// Something failed (the patch does not apply or compile, a tool failed).
+    Failed,
+}
+
+impl Outcome {
+    /// The exit status `graft build` uses for it.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Built => 0,
+            Outcome::Failed => 1,
+            Outcome::Refused => 2,
+            Outcome::NotBuiltInConfig => 3,
+            Outcome::NoChange => 4,
+        }
+    }
+}
+
 impl BuildError {
+    /// What kind of ending this error is.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            BuildError::NotBuiltInConfig { .. } => Outcome::NotBuiltInConfig,
+            BuildError::NoEffectiveChange(_) => Outcome::NoChange,
+            BuildError::Refused(_)
+            | BuildError::RunPre { .. }
+            | BuildError::Symbol(_)
+            | BuildError::Unsupported(_)
+            | BuildError::TargetUnsuitable { .. } => Outcome::Refused,
+            BuildError::CompilerMismatch { .. }
+            | BuildError::BadPatch { .. }
+            | BuildError::CompileFailed { .. }
+            | BuildError::ModuleFailed(_)
+            | BuildError::Elf(_)
+            | BuildError::Kernel(_)
+            | BuildError::Cache(_)
+            | BuildError::Io { .. } => Outcome::Failed,
+        }
+    }
+
     pub(crate) fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
         BuildError::Io {
             action,
@@ -249,6 +307,9 @@ pub fn build(
             local: check.local,
         });
     }
+    if let Some(note) = &check.note {
+        tracing::warn!("{note}");
+    }
     let patches = options
         .patches
         .iter()
@@ -264,9 +325,25 @@ pub fn build(
     }
     let mut sources = Vec::new();
     let mut headers = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    let mut not_built = Vec::new();
+    let mut kbuild_map = graft_kernel::KbuildMap::new(kernel, cache);
     for file in &touched {
         if file.ends_with(".c") {
-            sources.push(file.clone());
+            match kbuild_map.membership(file)? {
+                graft_kernel::Membership::BuiltIn | graft_kernel::Membership::Module => {
+                    sources.push(file.clone())
+                }
+                // Some sources are compiled only as part of another (kernel/sched/
+                // build_utility.c includes kernel/sched/debug.c): those are handled like
+                // headers.
+                graft_kernel::Membership::NotBuilt { .. }
+                    if includers_exist(kernel, cache, file)? =>
+                {
+                    headers.push(file.clone())
+                }
+                graft_kernel::Membership::NotBuilt { reason } => not_built.push(reason),
+            }
         } else if file.ends_with(".h") {
             headers.push(file.clone());
         } else {
@@ -275,6 +352,17 @@ pub fn build(
             )));
         }
     }
+    if sources.is_empty() && headers.is_empty() && !not_built.is_empty() {
+        return Err(BuildError::NotBuiltInConfig {
+            target: kernel.target().to_string(),
+            reasons: not_built,
+        });
+    }
+    notes.extend(
+        not_built.into_iter().map(|r| {
+            format!("{r}: nothing of it runs in this kernel, so nothing is patched there")
+        }),
+    );
     phases.mark("gate");
 
     let scratch_root = cache.root().join("builds");
@@ -348,18 +436,7 @@ pub fn build(
         let early = consumer.join().unwrap_or_default();
         (results, early)
     });
-    let mut units = Vec::new();
-    for (source, result) in sources.iter().zip(results) {
-        match result {
-            Ok(unit) => units.push(unit),
-            // Some sources are compiled only as part of another (kernel/sched/build_utility.c
-            // includes kernel/sched/debug.c): those are handled like headers.
-            Err(BuildError::CompileFailed { .. }) if includers_exist(kernel, cache, source)? => {
-                headers.push(source.clone())
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    let mut units = results.into_iter().collect::<Result<Vec<_>, _>>()?;
     task.finish(&format!("{} units", units.len()));
     for header in &headers {
         // Narrow a header change to the definitions it touches, when they can be named.
@@ -369,7 +446,7 @@ pub fn build(
                 .flat_map(|p| patchset::changed_lines(&p.text, header))
                 .collect();
             let text = fs::read_to_string(farm_dir.join(header)).unwrap_or_default();
-            includes::enclosing_definitions(&text, &lines)
+            graft_kernel::enclosing_definitions(&text, &lines)
         } else {
             None
         };
@@ -551,7 +628,6 @@ pub fn build(
         list.push((kind.clone(), graft_diff::new_function_name(function, *i)));
     }
     let mut manifest_functions = Vec::new();
-    let mut notes: Vec<String> = Vec::new();
     let mut new_functions = Vec::new();
     let mut extracted = Vec::new();
     for (i, ((unit, diff), (pre, post))) in units.iter().zip(&diffs).zip(&parsed).enumerate() {
@@ -747,27 +823,10 @@ fn directives(post: &ElfObject) -> Vec<(String, String)> {
 
 /// Whether other units `#include` the source `file`.
 fn includers_exist(kernel: &Kernel, cache: &Cache, file: &str) -> Result<bool, BuildError> {
-    Ok(!include_graph(kernel, cache)?
+    Ok(!kernel
+        .include_graph(cache)?
         .candidate_units(file)
         .is_empty())
-}
-
-/// The target's include graph, scanned once and cached.
-fn include_graph(kernel: &Kernel, cache: &Cache) -> Result<includes::IncludeGraph, BuildError> {
-    let entry = cache.entry("objects", &kernel.target().key());
-    {
-        let lock = entry.lock()?;
-        lock.ensure("include-graph.json", |out| -> Result<(), BuildError> {
-            let graph = includes::IncludeGraph::scan(&kernel.source_dir())?;
-            let json =
-                serde_json::to_vec(&graph).map_err(|e| BuildError::Unsupported(e.to_string()))?;
-            fs::write(out, json).map_err(|e| BuildError::io("writing", out, e))
-        })?;
-    }
-    let graph_path = entry.path("include-graph.json");
-    let text = fs::read(&graph_path).map_err(|e| BuildError::io("reading", &graph_path, e))?;
-    serde_json::from_slice(&text)
-        .map_err(|e| BuildError::Unsupported(format!("{}: {e}", graph_path.display())))
 }
 
 /// Most units a header change may reach before graft refuses: a patch that replaces code in
@@ -783,7 +842,7 @@ fn units_including(
     farm: &Path,
     progress: &SharedProgress,
 ) -> Result<Vec<Unit>, BuildError> {
-    let graph = include_graph(kernel, cache)?;
+    let graph = kernel.include_graph(cache)?;
     let candidates = match definitions {
         // Read the patched view: the patch may add the first uses of what it defines.
         Some(names) => graph.candidate_units_using(farm, header, names),
@@ -807,21 +866,21 @@ fn units_including(
         Some(candidates.len() as u64),
         ProgressUnit::Items,
     );
+    // Only units this configuration builds are part of the running kernel; a compile
+    // failure of one of those is a real error, not a hint that it is not built.
+    let mut map = graft_kernel::KbuildMap::new(kernel, cache);
+    let mut built = Vec::new();
+    for candidate in &candidates {
+        match map.membership(candidate)? {
+            graft_kernel::Membership::NotBuilt { reason } => tracing::debug!("{reason}"),
+            _ => built.push(candidate.clone()),
+        }
+    }
     let mut affected = Vec::new();
-    for (candidate, result) in candidates.iter().zip(compile::prepare_units(
-        kernel,
-        cache,
-        &candidates,
-        &|_, _| {},
-    )) {
-        match result {
-            Ok(unit) if unit.deps.iter().any(|d| d == header) => affected.push(unit),
-            Ok(_) => {}
-            // Not buildable in this configuration: not part of the running kernel.
-            Err(BuildError::CompileFailed { .. }) => {
-                tracing::debug!("{candidate} is not built for this target")
-            }
-            Err(e) => return Err(e),
+    for result in compile::prepare_units(kernel, cache, &built, &|_, _| {}) {
+        let unit = result?;
+        if unit.deps.iter().any(|d| d == header) {
+            affected.push(unit);
         }
     }
     task.finish(&format!(

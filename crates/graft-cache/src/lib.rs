@@ -83,6 +83,30 @@ impl Cache {
         &self.root
     }
 
+    /// The keys of the entries of `kind` present on disk, sorted.
+    pub fn keys(&self, kind: &str) -> Vec<String> {
+        let mut keys: Vec<String> = fs::read_dir(self.root.join(kind))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|k| !k.contains(".removing-"))
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Removes what interrupted [`EntryLock::remove_entry`] calls left of entries of `kind`.
+    pub fn sweep(&self, kind: &str) {
+        for entry in fs::read_dir(self.root.join(kind)).into_iter().flatten() {
+            let Ok(entry) = entry else { continue };
+            if entry.file_name().to_string_lossy().contains(".removing-") {
+                let _ = remove_any(&entry.path());
+            }
+        }
+    }
+
     /// The entry `kind/key`, e.g. `kernels/debian-6.1.0-56-amd64`.
     pub fn entry(&self, kind: &str, key: &str) -> Entry {
         Entry {
@@ -274,6 +298,25 @@ impl EntryLock<'_> {
         }
     }
 
+    /// Removes the whole entry, returning the bytes it used. The directory is first renamed
+    /// aside, so an interrupted removal never leaves a half-deleted entry under its own name
+    /// (the remains are named `<key>.removing-<pid>` and removed by [`Cache::sweep`]).
+    pub fn remove_entry(&self) -> Result<u64, CacheError> {
+        let dir = &self.entry.dir;
+        if !dir.exists() {
+            return Ok(0);
+        }
+        let bytes = disk_usage(dir);
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let aside = dir.with_file_name(format!("{name}.removing-{}", std::process::id()));
+        fs::rename(dir, &aside).map_err(|e| CacheError::io("renaming", dir, e))?;
+        remove_any(&aside)?;
+        Ok(bytes)
+    }
+
     /// Forgets a stage so the next [`EntryLock::ensure`] rebuilds it.
     pub fn invalidate(&self, stage: &str) -> Result<(), CacheError> {
         remove_any(&self.entry.done_marker(stage))?;
@@ -404,6 +447,28 @@ mod tests {
         assert!(!entry.dir().exists());
         // A lock of another entry kind/key does not collide with this one's.
         assert!(dir.path().join("locks/kernels-unknown.lock").is_file());
+    }
+
+    #[test]
+    fn removed_entry_is_gone_and_its_remains_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::at(dir.path());
+        for key in ["a", "b"] {
+            let entry = cache.entry("kernels", key);
+            let lock = entry.lock().unwrap();
+            lock.ensure("blob", |p| fs::write(p, b"12345")).unwrap();
+        }
+        // What a removal killed between its rename and its delete leaves behind.
+        fs::create_dir_all(dir.path().join("kernels/c.removing-1/x")).unwrap();
+        assert_eq!(cache.keys("kernels"), ["a", "b"]);
+        let entry = cache.entry("kernels", "a");
+        let freed = entry.lock().unwrap().remove_entry().unwrap();
+        assert!(freed >= 5, "{freed}");
+        assert!(!entry.dir().exists());
+        assert_eq!(cache.keys("kernels"), ["b"]);
+        cache.sweep("kernels");
+        assert!(!dir.path().join("kernels/c.removing-1").exists());
+        assert_eq!(entry.lock().unwrap().remove_entry().unwrap(), 0);
     }
 
     #[test]

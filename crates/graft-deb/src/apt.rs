@@ -1,5 +1,6 @@
 //! Asking apt about packages and downloading them.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use std::time::Duration;
 use graft_progress::{Progress, Unit};
 use sha2::{Digest, Sha256};
 
+use crate::relation::{parse_depends, Dependency};
 use crate::DebError;
 
 /// What apt's index says about one version of a package.
@@ -28,6 +30,8 @@ pub struct PackageInfo {
     pub size: u64,
     /// Lower-case hex SHA-256 of the .deb.
     pub sha256: String,
+    /// What it depends on (`Depends`, parsed).
+    pub depends: Vec<Dependency>,
 }
 
 impl PackageInfo {
@@ -46,28 +50,136 @@ pub fn query(package: &str, version: Option<&str>) -> Result<PackageInfo, DebErr
         Some(v) => format!("{package}={v}"),
         None => package.to_string(),
     };
+    let text = apt_cache(&["show", "--no-all-versions", &spec], package)?
+        .filter(|t| !t.trim().is_empty())
+        .ok_or_else(|| DebError::NotInArchive {
+            package: package.to_string(),
+            version: version.map(str::to_string),
+        })?;
+    let first = stanza_blocks(&text).next().unwrap_or_default();
+    parse_stanza(package, first)
+}
+
+/// A snapshot of what apt's index says about some packages, read in one `apt-cache` call.
+#[derive(Clone, Debug, Default)]
+pub struct Index {
+    packages: BTreeMap<String, Vec<PackageInfo>>,
+}
+
+impl Index {
+    /// Every version apt lists of each of `names` (a name apt does not know has none).
+    pub fn all_versions(names: &[String]) -> Result<Self, DebError> {
+        Self::load("--all-versions", names)
+    }
+
+    /// The candidate version (the one `apt-get install` would pick) of each of `names`.
+    pub fn candidates(names: &[String]) -> Result<Self, DebError> {
+        Self::load("--no-all-versions", names)
+    }
+
+    fn load(which: &str, names: &[String]) -> Result<Self, DebError> {
+        let mut index = Self::default();
+        if names.is_empty() {
+            return Ok(index);
+        }
+        let mut args = vec!["show", which];
+        args.extend(names.iter().map(String::as_str));
+        let text = apt_cache(&args, &names.join(" "))?.unwrap_or_default();
+        for stanza in stanza_blocks(&text) {
+            let name = stanza
+                .lines()
+                .find_map(|l| l.strip_prefix("Package:"))
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_string();
+            let info = parse_stanza(&name, stanza)?;
+            index
+                .packages
+                .entry(info.name.clone())
+                .or_default()
+                .push(info);
+        }
+        index.normalize();
+        Ok(index)
+    }
+
+    /// Newest first; the same version is listed once per suite that carries it, kept once.
+    fn normalize(&mut self) {
+        for list in self.packages.values_mut() {
+            list.sort_by(|a, b| {
+                crate::relation::compare(&b.version, &a.version)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
+            list.dedup_by(|a, b| a.version == b.version);
+        }
+    }
+
+    /// Builds an index from packages already known (for tests and composed indexes).
+    pub fn from_packages(packages: impl IntoIterator<Item = PackageInfo>) -> Self {
+        let mut index = Self::default();
+        for p in packages {
+            index.packages.entry(p.name.clone()).or_default().push(p);
+        }
+        index.normalize();
+        index
+    }
+
+    /// The versions of `name`, newest first.
+    pub fn versions(&self, name: &str) -> &[PackageInfo] {
+        self.packages.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    /// `name` at exactly `version`.
+    pub fn get(&self, name: &str, version: &str) -> Option<&PackageInfo> {
+        self.versions(name).iter().find(|p| p.version == version)
+    }
+
+    /// The newest version of `name`.
+    pub fn newest(&self, name: &str) -> Option<&PackageInfo> {
+        self.versions(name).first()
+    }
+
+    /// The package names in the index.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.packages.keys().map(String::as_str)
+    }
+}
+
+/// The names of the packages apt knows that start with `prefix`, sorted.
+pub fn package_names(prefix: &str) -> Result<Vec<String>, DebError> {
+    let text = apt_cache(&["pkgnames", prefix], prefix)?.unwrap_or_default();
+    let mut names: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
+    names.retain(|n| !n.is_empty());
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// Runs `apt-cache` with `args`: its output, or None when it exits with an error (apt-cache
+/// does so for a package or version its index lacks).
+fn apt_cache(args: &[&str], about: &str) -> Result<Option<String>, DebError> {
     let output = Command::new("apt-cache")
-        .args(["show", "--no-all-versions", &spec])
+        .args(args)
         .env("LC_ALL", "C")
         .stdin(Stdio::null())
+        .stderr(Stdio::null())
         .output()
         .map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => DebError::AptMissing { tool: "apt-cache" },
-            _ => DebError::io("running apt-cache for", Path::new(package), e),
+            _ => DebError::io("running apt-cache for", Path::new(about), e),
         })?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() || text.trim().is_empty() {
-        return Err(DebError::NotInArchive {
-            package: package.to_string(),
-            version: version.map(str::to_string),
-        });
+    if !output.status.success() {
+        return Ok(None);
     }
-    parse_stanza(package, &text)
+    Ok(Some(String::from_utf8_lossy(&output.stdout).into_owned()))
 }
 
-/// Parses the first stanza of `apt-cache show` output.
-fn parse_stanza(package: &str, text: &str) -> Result<PackageInfo, DebError> {
-    let stanza = text.split("\n\n").next().unwrap_or_default();
+fn stanza_blocks(text: &str) -> impl Iterator<Item = &str> {
+    text.split("\n\n").filter(|s| !s.trim().is_empty())
+}
+
+/// Parses one stanza of `apt-cache show` output.
+fn parse_stanza(package: &str, stanza: &str) -> Result<PackageInfo, DebError> {
     let field = |name: &str| -> Option<&str> {
         stanza.lines().find_map(|line| {
             let (key, value) = line.split_once(':')?;
@@ -99,6 +211,7 @@ fn parse_stanza(package: &str, text: &str) -> Result<PackageInfo, DebError> {
         },
         None => (name.to_string(), version.to_string()),
     };
+    let depends = parse_depends(name, field("Depends").unwrap_or_default())?;
     Ok(PackageInfo {
         name: name.to_string(),
         version: version.to_string(),
@@ -107,6 +220,7 @@ fn parse_stanza(package: &str, text: &str) -> Result<PackageInfo, DebError> {
         source_version,
         size,
         sha256: sha256.to_ascii_lowercase(),
+        depends,
     })
 }
 
@@ -237,7 +351,7 @@ mod tests {
 
     #[test]
     fn parses_first_stanza() {
-        let info = parse_stanza("linux-source-6.1", STANZA).unwrap();
+        let info = parse_stanza("linux-source-6.1", stanza_blocks(STANZA).next().unwrap()).unwrap();
         assert_eq!(info.name, "linux-source-6.1");
         assert_eq!(info.version, "6.1.192-2");
         assert_eq!(info.source, "linux");
@@ -245,6 +359,24 @@ mod tests {
         assert_eq!(info.size, 139_331_676);
         assert!(info.sha256.ends_with("abcdef"));
         assert_eq!(info.deb_file_name(), "linux-source-6.1_6.1.192-2_all.deb");
+    }
+
+    #[test]
+    fn an_index_sorts_newest_first_and_drops_repeats() {
+        let info = |v: &str| {
+            let text = STANZA.replace("6.1.192-2", v);
+            let first = stanza_blocks(&text).next().unwrap();
+            parse_stanza("linux-source-6.1", first).unwrap()
+        };
+        let index = Index::from_packages([info("6.1.190-1"), info("6.1.192-3"), info("6.1.192-3")]);
+        let versions: Vec<&str> = index
+            .versions("linux-source-6.1")
+            .iter()
+            .map(|p| p.version.as_str())
+            .collect();
+        assert_eq!(versions, ["6.1.192-3", "6.1.190-1"]);
+        assert!(index.get("linux-source-6.1", "6.1.190-1").is_some());
+        assert!(index.versions("linux-source-6.2").is_empty());
     }
 
     #[test]

@@ -13,12 +13,14 @@ use graft_progress::{Progress, Task, Unit};
 use crate::DebError;
 
 /// What an unpack produced.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UnpackStats {
     /// Regular files written.
     pub files: u64,
     /// Bytes of file contents written.
     pub bytes: u64,
+    /// The regular files' paths below the destination, in archive order.
+    pub members: Vec<String>,
 }
 
 /// Counts bytes read through it, to drive a progress bar from the compressed side.
@@ -124,6 +126,53 @@ fn peek<R: Read>(reader: &mut BufReader<R>) -> io::Result<&[u8]> {
     reader.fill_buf()
 }
 
+/// Opens a (possibly compressed) tarball as a decompressed stream with a progress task named
+/// `verb <file name>`, and runs `use_stream` on it. Errors about the archive name `tarball`.
+fn with_tar_stream<T>(
+    tarball: &Path,
+    verb: &str,
+    progress: &dyn Progress,
+    use_stream: impl FnOnce(Box<dyn Read + '_>) -> Result<T, DebError>,
+    summary: impl FnOnce(&T) -> String,
+) -> Result<T, DebError> {
+    let file = File::open(tarball).map_err(|e| DebError::io("opening", tarball, e))?;
+    let size = file.metadata().map(|m| m.len()).ok();
+    let label = format!(
+        "{verb} {}",
+        tarball
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    );
+    let mut task = progress.start(&label, size, Unit::Bytes);
+    let result = {
+        let mut reader = BufReader::with_capacity(
+            1 << 20,
+            Counting {
+                inner: file,
+                read: 0,
+                task: task.as_mut(),
+            },
+        );
+        let head = peek(&mut reader).map_err(|e| DebError::io("reading", tarball, e))?;
+        let kind = sniff(head).ok_or_else(|| DebError::BadArchive {
+            path: tarball.to_path_buf(),
+            reason: "not a tar archive (unknown compression)".into(),
+        })?;
+        let stream =
+            decompressor(kind, reader).map_err(|e| DebError::io("decompressing", tarball, e))?;
+        use_stream(stream).map_err(|e| match e {
+            DebError::BadArchive { reason, .. } => DebError::BadArchive {
+                path: tarball.to_path_buf(),
+                reason,
+            },
+            other => other,
+        })?
+    };
+    task.finish(&summary(&result));
+    Ok(result)
+}
+
 /// Unpacks a (possibly compressed) tarball into `dest`, dropping the first `strip` path
 /// components of each member, like `tar --strip-components`.
 pub fn unpack_tarball(
@@ -132,40 +181,60 @@ pub fn unpack_tarball(
     strip: usize,
     progress: &dyn Progress,
 ) -> Result<UnpackStats, DebError> {
-    let file = File::open(tarball).map_err(|e| DebError::io("opening", tarball, e))?;
-    let size = file.metadata().map(|m| m.len()).ok();
-    let label = format!(
-        "unpack {}",
-        tarball
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    );
-    let mut task = progress.start(&label, size, Unit::Bytes);
-    let mut reader = BufReader::with_capacity(
-        1 << 20,
-        Counting {
-            inner: file,
-            read: 0,
-            task: task.as_mut(),
+    with_tar_stream(
+        tarball,
+        "unpack",
+        progress,
+        |stream| unpack_tar_stream(stream, dest, strip),
+        |stats| format!("{} files", stats.files),
+    )
+}
+
+/// Reads the regular files of a (possibly compressed) tarball without writing them: `visit`
+/// gets each member's path (the first `strip` components dropped) and its contents.
+pub fn read_tarball(
+    tarball: &Path,
+    strip: usize,
+    progress: &dyn Progress,
+    visit: &mut dyn FnMut(&str, &mut dyn Read) -> Result<(), DebError>,
+) -> Result<u64, DebError> {
+    with_tar_stream(
+        tarball,
+        "read",
+        progress,
+        |stream| {
+            let bad = |reason: String| DebError::BadArchive {
+                path: tarball.to_path_buf(),
+                reason,
+            };
+            let mut archive = tar::Archive::new(stream);
+            let entries = archive
+                .entries()
+                .map_err(|e| bad(format!("corrupt tar stream: {e}")))?;
+            let mut count = 0;
+            for entry in entries {
+                let mut entry = entry.map_err(|e| bad(format!("corrupt tar stream: {e}")))?;
+                if !entry.header().entry_type().is_file() {
+                    continue;
+                }
+                let path = entry
+                    .path()
+                    .map_err(|e| bad(format!("bad member name: {e}")))?
+                    .into_owned();
+                let relative = match safe_relative(&path, strip) {
+                    Ok(Some(relative)) => relative,
+                    Ok(None) => continue,
+                    Err(()) => {
+                        return Err(bad(format!("member {} escapes the tree", path.display())))
+                    }
+                };
+                visit(&relative.to_string_lossy(), &mut entry)?;
+                count += 1;
+            }
+            Ok(count)
         },
-    );
-    let head = peek(&mut reader).map_err(|e| DebError::io("reading", tarball, e))?;
-    let kind = sniff(head).ok_or_else(|| DebError::BadArchive {
-        path: tarball.to_path_buf(),
-        reason: "not a tar archive (unknown compression)".into(),
-    })?;
-    let stream =
-        decompressor(kind, reader).map_err(|e| DebError::io("decompressing", tarball, e))?;
-    let stats = unpack_tar_stream(stream, dest, strip).map_err(|e| match e {
-        DebError::BadArchive { reason, .. } => DebError::BadArchive {
-            path: tarball.to_path_buf(),
-            reason,
-        },
-        other => other,
-    })?;
-    task.finish(&format!("{} files", stats.files));
-    Ok(stats)
+        |count| format!("{count} files"),
+    )
 }
 
 fn unpack_tar_stream<R: Read>(
@@ -221,6 +290,7 @@ fn unpack_tar_stream<R: Read>(
         if kind.is_file() {
             stats.files += 1;
             stats.bytes += entry.size();
+            stats.members.push(relative.to_string_lossy().into_owned());
         }
         entry
             .unpack(&target)
@@ -344,9 +414,22 @@ mod tests {
         let out = dir.path().join("out");
         let stats = unpack_tarball(&tarball, &out, 1, &graft_progress::Silent).unwrap();
         assert_eq!(stats.files, 1);
+        assert_eq!(stats.members, ["kernel/Makefile"]);
         assert_eq!(
             fs::read_to_string(out.join("kernel/Makefile")).unwrap(),
             "obj-y += x.o\n"
+        );
+        let mut seen = Vec::new();
+        read_tarball(&tarball, 1, &graft_progress::Silent, &mut |path, data| {
+            let mut text = String::new();
+            data.read_to_string(&mut text).unwrap();
+            seen.push((path.to_string(), text));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            [("kernel/Makefile".to_string(), "obj-y += x.o\n".to_string())]
         );
 
         let junk = dir.path().join("junk.tar.xz");

@@ -5,9 +5,13 @@
 
 mod apt;
 mod archive;
+pub mod relation;
 
-pub use apt::{download, query, PackageInfo};
-pub use archive::{relink_absolute_symlinks, unpack_deb, unpack_tarball, UnpackStats};
+pub use apt::{download, package_names, query, Index, PackageInfo};
+pub use archive::{
+    read_tarball, relink_absolute_symlinks, unpack_deb, unpack_tarball, UnpackStats,
+};
+pub use relation::{Dependency, Relation};
 
 use std::path::PathBuf;
 
@@ -80,7 +84,8 @@ pub enum DebError {
 }
 
 impl DebError {
-    pub(crate) fn io(action: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
+    /// A filesystem error about `path`.
+    pub fn io(action: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
         DebError::Io {
             action,
             path: path.to_path_buf(),

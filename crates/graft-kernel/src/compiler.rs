@@ -1,8 +1,15 @@
 //! Whether this machine has the compiler the target kernel was built with.
 //!
-//! Binary differencing and run-pre matching only hold when objects are compiled by the very
+//! Binary differencing and run-pre matching only hold when objects are compiled by the
 //! compiler that built the kernel. Kconfig records its `--version` first line as
-//! `CONFIG_CC_VERSION_TEXT`, whose first word is the command the build used (`gcc-12`).
+//! `CONFIG_CC_VERSION_TEXT`, e.g. `gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0`: the command the
+//! build used, the distribution's package revision in parentheses, and the compiler version.
+//!
+//! The gate is the command and the compiler *version* (`12.2.0`). Another Debian revision of
+//! that compiler (`12.2.0-14+deb12u2`) passes with a note: a stable update of gcc carries
+//! targeted fixes, not a new code generator, and run-pre matching proves every replaced
+//! function byte for byte against the running kernel anyway, so a revision that did change code
+//! is refused there, naming the function.
 
 use std::process::{Command, Stdio};
 
@@ -15,8 +22,12 @@ pub struct CompilerCheck {
     pub expected: String,
     /// The first line of `<command> --version` here, if it runs.
     pub local: Option<String>,
-    /// Whether the two are identical.
+    /// Whether the local compiler passes the gate: same command, same compiler version.
     pub matches: bool,
+    /// Whether the two version lines are identical.
+    pub exact: bool,
+    /// Why a passing compiler is not identical (another distribution revision), if it is not.
+    pub note: Option<String>,
 }
 
 impl CompilerCheck {
@@ -28,12 +39,65 @@ impl CompilerCheck {
             .unwrap_or("gcc")
             .to_string();
         let local = local_compiler_version(&command);
-        let matches = local.as_deref() == Some(version_text);
+        Self::judge(version_text, local)
+    }
+
+    /// The judgement of [`run`](Self::run), given the local version line.
+    pub fn judge(version_text: &str, local: Option<String>) -> Self {
+        let expected = VersionLine::parse(version_text);
+        let found = local.as_deref().map(VersionLine::parse);
+        let exact = local.as_deref() == Some(version_text);
+        let matches = exact
+            || found.as_ref().is_some_and(|f| {
+                !expected.version.is_empty()
+                    && f.command == expected.command
+                    && f.version == expected.version
+            });
+        let note = match (&found, matches && !exact) {
+            (Some(f), true) => Some(format!(
+                "the kernel was built by {} {} ({}), this machine has {} ({}): the same compiler version, another distribution revision; run-pre matching proves each replaced function against the running code",
+                expected.command, expected.version, expected.build, f.command, f.build
+            )),
+            _ => None,
+        };
         Self {
-            command,
+            command: expected.command.to_string(),
             expected: version_text.to_string(),
             local,
             matches,
+            exact,
+            note,
+        }
+    }
+}
+
+/// `gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0`, in parts.
+struct VersionLine<'a> {
+    command: &'a str,
+    build: &'a str,
+    version: &'a str,
+}
+
+impl<'a> VersionLine<'a> {
+    fn parse(text: &'a str) -> Self {
+        let text = text.trim();
+        let command = text.split_whitespace().next().unwrap_or_default();
+        let build = text
+            .split_once('(')
+            .and_then(|(_, rest)| rest.rsplit_once(')'))
+            .map_or("", |(inside, _)| inside.trim());
+        // The version is the last word that starts with a digit (clang prints its name after).
+        let version = text
+            .rsplit(')')
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))
+            .unwrap_or_default();
+        Self {
+            command,
+            build,
+            version,
         }
     }
 }
@@ -60,11 +124,46 @@ pub fn local_compiler_version(command: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    const KERNEL: &str = "gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0";
+
     #[test]
     fn missing_compiler_does_not_match() {
         let check = CompilerCheck::run("graft-no-such-cc (X) 1.0");
         assert_eq!(check.command, "graft-no-such-cc");
         assert_eq!(check.local, None);
         assert!(!check.matches);
+    }
+
+    #[test]
+    fn the_identical_compiler_matches_without_a_note() {
+        let check = CompilerCheck::judge(KERNEL, Some(KERNEL.into()));
+        assert!(check.matches && check.exact);
+        assert_eq!(check.note, None);
+    }
+
+    #[test]
+    fn another_debian_revision_of_the_same_version_passes_with_a_note() {
+        let check = CompilerCheck::judge(
+            KERNEL,
+            Some("gcc-12 (Debian 12.2.0-14+deb12u2) 12.2.0".into()),
+        );
+        assert!(check.matches);
+        assert!(!check.exact);
+        let note = check.note.unwrap();
+        assert!(note.contains("12.2.0-14+deb12u1"), "{note}");
+        assert!(note.contains("12.2.0-14+deb12u2"), "{note}");
+    }
+
+    #[test]
+    fn another_compiler_version_is_refused() {
+        for local in [
+            "gcc-12 (Debian 12.3.0-1) 12.3.0",
+            "gcc-13 (Debian 12.2.0-14+deb12u1) 12.2.0",
+            "garbage",
+        ] {
+            let check = CompilerCheck::judge(KERNEL, Some(local.into()));
+            assert!(!check.matches, "{local}");
+            assert_eq!(check.note, None);
+        }
     }
 }

@@ -80,8 +80,10 @@ pub struct KernelInfo {
     pub compiler: String,
     /// The local compiler's version line.
     pub local_compiler: Option<String>,
-    /// Whether the local compiler is the kernel's.
+    /// Whether the local compiler passes the gate (same command and compiler version).
     pub compiler_matches: bool,
+    /// Why a passing compiler is not identical to the kernel's, if it is not.
+    pub compiler_note: Option<String>,
     /// Key configuration.
     pub config: KeyConfig,
     /// Symbol counts.
@@ -119,6 +121,7 @@ impl KernelInfo {
             compiler: compiler_text,
             local_compiler: check.local,
             compiler_matches: check.matches,
+            compiler_note: check.note,
             config: KeyConfig {
                 livepatch: config.tristate("LIVEPATCH"),
                 dynamic_ftrace_with_regs: config.tristate("DYNAMIC_FTRACE_WITH_REGS"),

@@ -17,6 +17,8 @@ pub(crate) mod stage {
     pub const IMAGE: &str = "image";
     pub const HEADERS: &str = "headers";
     pub const SOURCE: &str = "source";
+    pub const SOURCE_FILES: &str = "source-files.txt";
+    pub const KBUILD: &str = "kbuild";
     pub const VMLINUX: &str = "vmlinux";
     pub const MODULES: &str = "modules.json";
     pub const MODULE_SYMBOLS: &str = "module-symbols.txt";
@@ -26,6 +28,8 @@ pub(crate) mod stage {
         IMAGE,
         HEADERS,
         SOURCE,
+        SOURCE_FILES,
+        KBUILD,
         VMLINUX,
         MODULES,
         MODULE_SYMBOLS,
@@ -43,6 +47,15 @@ pub struct PackageRecord {
     pub version: String,
     /// The .deb's SHA-256.
     pub sha256: String,
+    /// What it is for in the target (absent in targets fetched before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<crate::resolve::Role>,
+    /// The relationship that asked for it, e.g. `linux-kbuild-6.1 (>= 6.1.192-2)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wanted: Option<String>,
+    /// Why its version differs from the image's, when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// What fetch learnt about a target, kept as `target.json`.
@@ -156,6 +169,16 @@ impl Kernel {
         self.entry.path(stage::SOURCE)
     }
 
+    /// The files of the source tree as Debian's tarball has them (not those `make prepare`
+    /// generated), sorted.
+    pub fn source_files(&self) -> Result<Vec<String>, KernelError> {
+        let path = self.entry.path(stage::SOURCE_FILES);
+        let text = fs::read_to_string(&path).map_err(|e| KernelError::io("reading", &path, e))?;
+        let mut files: Vec<String> = text.lines().map(str::to_string).collect();
+        files.sort();
+        Ok(files)
+    }
+
     /// The code image extracted from the vmlinuz.
     pub fn vmlinux(&self) -> PathBuf {
         self.entry.path(stage::VMLINUX)
@@ -233,6 +256,14 @@ pub(crate) fn image_file(dir: &Path, kind: &str, release: &str) -> PathBuf {
 
 pub(crate) fn modules_dir(dir: &Path, release: &str) -> PathBuf {
     dir.join(stage::IMAGE).join("lib/modules").join(release)
+}
+
+/// Where kbuild's programs and scripts are (`scripts/`, `tools/objtool/`, `certs/`), whether
+/// unpacked from Debian's package or built from the target's source.
+pub(crate) fn kbuild_tools_dir(dir: &Path, series: &str) -> PathBuf {
+    dir.join(stage::KBUILD)
+        .join("usr/lib")
+        .join(format!("linux-kbuild-{series}"))
 }
 
 pub(crate) fn kbuild_dir(dir: &Path, release: &str) -> PathBuf {

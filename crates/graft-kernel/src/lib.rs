@@ -6,28 +6,39 @@
 //! exactly as the distribution did), the code image (vmlinux, extracted from the vmlinuz), and
 //! the symbols in kallsyms order with livepatch positions. [`Kernel`] then opens the result.
 
+mod catalog;
+pub mod changelog;
+pub mod changes;
 mod compiler;
 mod config;
 mod fetch;
 mod image;
+mod includes;
 mod info;
 mod kbuild;
 mod kernel;
 pub mod known;
+mod membership;
 mod modules;
+mod resolve;
+mod source;
 mod symbols;
 mod target;
 
+pub use catalog::{list, remove, Available, Removed};
 pub use compiler::{local_compiler_version, CompilerCheck};
 pub use config::{blank_distro_key_files, KernelConfig};
 pub use fetch::{fetch, FetchReport};
 pub use image::{
     build_id, build_id_from_notes, extract_vmlinux, payload, text_address, Compression,
 };
+pub use includes::{deps_from_cmd_file, enclosing_definitions, IncludeGraph};
 pub use info::{CachePaths, KernelInfo, KeyConfig, SymbolCounts};
 pub use kernel::{Kernel, TargetMeta};
 pub use known::DEFAULT_TARGET;
+pub use membership::{KbuildMap, Membership};
 pub use modules::{module_symbols, normalize_name, ModuleIndex, ModuleInfo};
+pub use resolve::{Packages, Resolved, Role};
 pub use symbols::{Symbol, SymbolTable};
 pub use target::{Provider, Target};
 
@@ -42,6 +53,43 @@ pub enum KernelError {
         /// The name given.
         name: String,
         /// Why it is wrong.
+        reason: String,
+    },
+    /// apt knows no image for the release.
+    #[error("Debian's archive (as apt sees it) has no {package}, so {target} cannot be fetched: `graft kernel list` shows the kernels apt can see (run `apt-get update` if it is stale)")]
+    UnknownRelease {
+        /// The target.
+        target: String,
+        /// The image package looked for.
+        package: String,
+    },
+    /// A package the headers depend on has no version apt can give.
+    #[error("{needed_by} needs {wanted}, but apt lists {}: run `apt-get update`, and check that apt's sources include the suite that carries it (bookworm-security for Debian 12's kernels)",
+        if listed.is_empty() { "no version of it".to_string() } else { format!("only {}", listed.join(", ")) })]
+    Unsatisfiable {
+        /// The package whose dependency it is.
+        needed_by: String,
+        /// The relationship, as Debian writes it.
+        wanted: String,
+        /// The versions apt lists.
+        listed: Vec<String>,
+    },
+    /// Only another upstream version of a build-tool package is available.
+    #[error("{package}: apt offers only {offered}, another upstream version than the kernel's {kernel_upstream}; graft does not mix upstream versions")]
+    OtherUpstream {
+        /// The package.
+        package: String,
+        /// The newest version that satisfies the relationship.
+        offered: String,
+        /// The kernel's upstream version.
+        kernel_upstream: String,
+    },
+    /// A `--to` version that cannot be an update of the target.
+    #[error("--to {to}: {reason}")]
+    UpdateVersion {
+        /// The version asked for.
+        to: String,
+        /// Why it cannot be used.
         reason: String,
     },
     /// The target has not been fetched.

@@ -2,29 +2,31 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use graft_build::{BuildOptions, BuildReport};
 
 use crate::cli::BuildArgs;
 use crate::kernel_cmd::{ensure_kernel, target_and_cache};
 
 pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
+    if let Some(dir) = &args.each {
+        return crate::each_cmd::run(&args, dir);
+    }
+    let Some(output) = args.output.clone() else {
+        anyhow::bail!("-o OUT.ko is required (or --each DIR)");
+    };
     for patch in &args.patches {
         if !patch.is_file() {
             anyhow::bail!("{}: no such patch file", patch.display());
         }
     }
-    if args.output.extension().is_none_or(|e| e != "ko") {
-        anyhow::bail!(
-            "-o {}: the output must be a .ko file",
-            args.output.display()
-        );
+    if output.extension().is_none_or(|e| e != "ko") {
+        anyhow::bail!("-o {}: the output must be a .ko file", output.display());
     }
-    if let Some(dir) = args.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.is_dir() {
             anyhow::bail!(
                 "-o {}: the directory {} does not exist",
-                args.output.display(),
+                output.display(),
                 dir.display()
             );
         }
@@ -34,14 +36,29 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let kernel = ensure_kernel(&cache, &target, &progress)?;
     let options = BuildOptions {
         patches: args.patches.clone(),
-        output: args.output.clone(),
+        output: output.clone(),
         name: args.name.clone(),
         replace: !args.no_replace && args.set.is_none(),
         set: args.set.clone(),
         keep_scratch: false,
     };
-    let report = graft_build::build(&cache, &kernel, &options, &progress)
-        .with_context(|| format!("building a live patch for {target}"))?;
+    let report = match graft_build::build(&cache, &kernel, &options, &progress) {
+        Ok(report) => report,
+        Err(e) if args.json => {
+            let outcome = e.outcome();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "outcome": outcome,
+                    "error": e.to_string(),
+                }))?
+            );
+            return Ok(ExitCode::from(outcome.exit_code()));
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("building a live patch for {target}")))
+        }
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);

@@ -45,8 +45,14 @@ pub enum Command {
     /// with the target's kbuild, converted to the livepatch ELF format and checked.
     ///
     /// Writes OUT.ko and OUT.json (the manifest) only when every step passed.
+    ///
+    /// Exit status: 0 built; 1 failed (the patch does not apply or compile, a tool failed);
+    /// 2 refused (the reason is printed); 3 not built in this configuration: the patch changes
+    /// only code this kernel's config does not build, so there is nothing to patch; 4 no
+    /// change: it compiles to the code the kernel already runs. With --json a failed build
+    /// prints {"outcome": ..., "error": ...}.
     #[command(
-        after_help = "Example: graft build -o fix.ko fix.patch\n         graft build --explain --no-replace -o fix2.ko a.patch b.patch"
+        after_help = "Examples:\n  graft build -o fix.ko fix.patch\n  graft build --explain --no-replace -o fix2.ko a.patch b.patch\n  graft build --each update/ --sample 50 --seed 7 --test"
     )]
     Build(BuildArgs),
     /// Test a livepatch module on its target kernel, booted in the lab.
@@ -339,10 +345,26 @@ pub struct BuildArgs {
     #[arg(long)]
     pub json: bool,
     /// Output module path (OUT.ko; the manifest goes to OUT.json).
-    #[arg(short, long, value_name = "OUT.ko")]
-    pub output: PathBuf,
+    #[arg(short, long, value_name = "OUT.ko", required_unless_present = "each")]
+    pub output: Option<PathBuf>,
+    /// Build every patch of DIR on its own (a `graft kernel changes --split` directory, or
+    /// any directory of *.patch) and report each one's verdict: built (functions), not built
+    /// in this configuration, no change, refused (reason), failed (error). Modules go to
+    /// DIR/built/.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["output", "patches", "explain"])]
+    pub each: Option<PathBuf>,
+    /// With --each: build a seeded random sample of N patches.
+    #[arg(long, value_name = "N", requires = "each")]
+    pub sample: Option<usize>,
+    /// With --sample: the seed (the same seed picks the same sample).
+    #[arg(long, value_name = "SEED", default_value_t = 1, requires = "sample")]
+    pub seed: u64,
+    /// With --each: also load each built module in the lab (with the module it patches),
+    /// wait for its transition, unload it, and check the kernel log.
+    #[arg(long, requires = "each")]
+    pub test: bool,
     /// Source patches (unified diffs, -p1), applied in order.
-    #[arg(required = true, value_name = "PATCH")]
+    #[arg(required_unless_present = "each", value_name = "PATCH")]
     pub patches: Vec<PathBuf>,
 }
 
@@ -391,6 +413,82 @@ pub enum KernelCommand {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+    /// The kernels apt can see for this provider, and those in the cache.
+    ///
+    /// For each: the release, image and source versions, whether the image, headers (with the
+    /// common headers and a kbuild their Depends accept) and source are all obtainable, whether
+    /// the cache holds it and how much room it takes. Resolution is exactly what `fetch` would
+    /// do; notes say when a package of another Debian revision would be used, or why a kernel
+    /// cannot be fetched.
+    #[command(after_help = "Example: graft kernel list
+         graft kernel list --json --flavour cloud-amd64")]
+    List {
+        /// The image flavour.
+        #[arg(long, value_name = "FLAVOUR", default_value = "amd64")]
+        flavour: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a target from the cache (the kernel and its compiled objects), freeing its room.
+    #[command(after_help = "Example: graft kernel remove --kernel debian:6.1.0-54-amd64")]
+    Remove {
+        #[command(flatten)]
+        kernel: KernelArg,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Debian's own update as a source patch against the target: Debian's fixes, live.
+    ///
+    /// Fetches `linux-source` at SOURCE_VERSION (a newer Debian revision, or a newer upstream
+    /// version of the same series), compares it with the target's own source, and writes the
+    /// changes as a -p1 unified diff whose header carries the Debian changelog entries in
+    /// between, CVE ids included. `graft build` takes it as it takes any patch.
+    ///
+    /// With --split DIR: one patch per changed .c file instead (each with the header changes
+    /// it may need), plus DIR/report.json naming every changed file that is in no patch and
+    /// why (assembly, build files, headers no changed .c file includes, ...). Build them all
+    /// with `graft build --each DIR`.
+    #[command(
+        after_help = "Examples:\n  graft kernel changes --to 6.1.192-3 -o update.patch && graft build -o update.ko update.patch\n  graft kernel changes --kernel debian:6.1.0-54-amd64 --to 6.1.192-1 --split update/"
+    )]
+    Changes {
+        #[command(flatten)]
+        kernel: KernelArg,
+        /// The Debian source version to take the changes from (`apt-cache policy linux-source-6.1`
+        /// lists them).
+        #[arg(long, value_name = "SOURCE_VERSION")]
+        to: String,
+        /// Write one patch of all changes here.
+        #[arg(
+            short,
+            long,
+            value_name = "FILE.patch",
+            required_unless_present = "split",
+            conflicts_with = "split"
+        )]
+        output: Option<PathBuf>,
+        /// Write one patch per changed .c file, and report.json, into this new directory.
+        #[arg(long, value_name = "DIR")]
+        split: Option<PathBuf>,
+        /// Print a JSON summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// How the target's configuration builds each source file: into vmlinux, into a module,
+    /// or not at all (and which option leaves it out). kbuild itself is asked.
+    #[command(after_help = "Example: graft kernel sources fs/proc/cmdline.c fs/ext2/inode.c")]
+    Sources {
+        #[command(flatten)]
+        kernel: KernelArg,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Source files, relative to the kernel tree.
+        #[arg(required = true, value_name = "FILE.c")]
+        files: Vec<String>,
     },
     /// Look up symbols with their livepatch positions (sympos).
     ///

@@ -4,6 +4,7 @@ mod bench_cmd;
 mod build_cmd;
 mod cli;
 mod demo_cmd;
+mod each_cmd;
 mod host_cmd;
 mod kernel_cmd;
 mod lab_cmd;
@@ -49,6 +50,12 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
 /// Lab outcomes have their own statuses so automation can tell them apart from the script's.
 fn exit_code_of(error: &anyhow::Error) -> u8 {
     use graft_lab::LabError;
+    if let Some(build) = error
+        .chain()
+        .find_map(|e| e.downcast_ref::<graft_build::BuildError>())
+    {
+        return build.outcome().exit_code();
+    }
     let lab = error.chain().find_map(|e| e.downcast_ref::<LabError>());
     match lab {
         Some(LabError::ScriptTimeout { .. }) => lab_cmd::EXIT_TIMEOUT,

@@ -92,96 +92,102 @@ struct TestReport<'a> {
     output: String,
 }
 
-pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
-    if !args.module.is_file() {
-        anyhow::bail!("{}: no such module", args.module.display());
-    }
-    if let Some(script) = &args.script {
-        if !script.is_file() {
-            anyhow::bail!("--script {}: no such file", script.display());
-        }
-    }
-    let name = module_name(&args.module)?;
-    let (mut before, mut after) = (Vec::new(), Vec::new());
-    for spec in &args.load_modules {
-        let (module, when) = spec.split_once('@').unwrap_or((spec.as_str(), "before"));
-        match when {
-            "before" => before.push(module.to_string()),
-            "after" => after.push(module.to_string()),
-            other => {
-                anyhow::bail!("--load-module {spec}: `{other}` is neither `before` nor `after`")
-            }
-        }
-    }
-    let (target, cache) = target_and_cache(&args.kernel.target)?;
-    let progress = crate::progress::for_output(args.json);
+/// One test of a module on its target, as `graft test` and `graft build --each --test` run it.
+#[derive(Debug)]
+pub struct TestPlan {
+    /// The module.
+    pub module: std::path::PathBuf,
+    /// Target modules loaded before the patch.
+    pub before: Vec<String>,
+    /// Target modules loaded after it.
+    pub after: Vec<String>,
+    /// The check script.
+    pub script: Option<std::path::PathBuf>,
+    /// Whether the check must fail unpatched.
+    pub baseline_fails: bool,
+    /// Seconds each transition may take.
+    pub transition_timeout: u64,
+}
+
+/// How a test ended.
+#[derive(Debug)]
+pub struct TestResult {
+    /// The livepatch's name.
+    pub name: String,
+    /// 0 passed, else the exit status of the failed step.
+    pub code: u8,
+    /// What failed, if anything.
+    pub failed_step: Option<String>,
+    /// Kernel log lines that show errors.
+    pub errors: Vec<String>,
+    /// The saved guest kernel log.
+    pub log: std::path::PathBuf,
+    /// The guest kernel log's text.
+    pub log_text: String,
+    /// What the guest printed.
+    pub output: String,
+    /// Seconds the run took.
+    pub seconds: f64,
+}
+
+/// Runs `plan` on `kernel` in one lab boot; `echo` sees the guest's output as it comes.
+pub fn run_plan(
+    plan: &TestPlan,
+    cache: &graft_cache::Cache,
+    kernel: &graft_kernel::Kernel,
+    progress: &graft_progress::SharedProgress,
+    echo: &mut dyn FnMut(&[u8]),
+) -> anyhow::Result<TestResult> {
+    let name = module_name(&plan.module)?;
     let lab = Lab::new(cache.clone(), progress.clone())?;
-    let kernel = ensure_kernel(&cache, &target, &progress)?;
     let index = kernel.module_index()?;
-    let modules = before
+    let modules = plan
+        .before
         .iter()
-        .chain(&after)
+        .chain(&plan.after)
         .map(|m| {
             kernel
                 .guest_module(&index, m)
                 .with_context(|| format!("--load-module {m}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-
     let script = guest_script(
         &name,
-        &before,
-        &after,
-        args.script.is_some(),
-        args.baseline_fails,
-        args.transition_timeout,
+        &plan.before,
+        &plan.after,
+        plan.script.is_some(),
+        plan.baseline_fails,
+        plan.transition_timeout,
     );
     let mut spec = RunSpec::new(kernel.lab_kernel(), script);
     spec.modules = modules;
     spec.files.push(GuestFile {
-        source: args.module.clone(),
+        source: plan.module.clone(),
         dest: format!("/root/{name}.ko"),
     });
-    if let Some(check) = &args.script {
+    if let Some(check) = &plan.script {
         spec.files.push(GuestFile {
             source: check.clone(),
             dest: "/root/graft-check.sh".into(),
         });
     }
-    spec.timeout = Duration::from_secs(args.transition_timeout * 2 + 300);
+    spec.timeout = Duration::from_secs(plan.transition_timeout * 2 + 300);
     let mut output = Vec::new();
-    let json = args.json;
-    let outcome = {
-        let mut stdout = std::io::stdout().lock();
-        lab.run(&spec, &mut |bytes| {
-            output.extend_from_slice(bytes);
-            if !json {
-                let _ = stdout.write_all(bytes);
-                let _ = stdout.flush();
-            }
-        })?
-    };
-    let log = outcome.kernel_log();
-    let errors: Vec<String> = log
+    let outcome = lab.run(&spec, &mut |bytes| {
+        output.extend_from_slice(bytes);
+        echo(bytes);
+    })?;
+    let log_text = outcome.kernel_log();
+    let errors: Vec<String> = log_text
         .lines()
-        .filter(|l| {
-            graft_host::kmsg::BAD_LOG.iter().any(|b| l.contains(b))
-                || (l.contains("livepatch:")
-                    && (l.contains("failed") || l.contains("error") || l.contains("invalid")))
-        })
+        .filter(|l| graft_host::kmsg::is_bad(l))
         .map(|l| l.trim().to_string())
         .collect();
-    if args.show_dmesg {
-        eprintln!(
-            "--- guest kernel log ({}) ---\n{log}--- end of guest kernel log ---",
-            outcome.log.display()
-        );
-    }
     let failed_step = STEPS
         .iter()
         .find(|(code, _)| *code == outcome.exit_code)
         .map(|(_, what)| *what);
-    let (code, verdict) = match (outcome.exit_code, errors.is_empty()) {
+    let (code, failed_step) = match (outcome.exit_code, errors.is_empty()) {
         (0, true) => (0u8, None),
         (0, false) => (
             EXIT_KERNEL_LOG,
@@ -196,34 +202,100 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
             ),
         ),
     };
+    Ok(TestResult {
+        name,
+        code,
+        failed_step,
+        errors,
+        log: outcome.log.clone(),
+        log_text,
+        output: String::from_utf8_lossy(&output).into_owned(),
+        seconds: outcome.total_time.as_secs_f64(),
+    })
+}
+
+/// Splits `NAME[@before|@after]` specs.
+pub fn split_load_modules(specs: &[String]) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    for spec in specs {
+        let (module, when) = spec.split_once('@').unwrap_or((spec.as_str(), "before"));
+        match when {
+            "before" => before.push(module.to_string()),
+            "after" => after.push(module.to_string()),
+            other => {
+                anyhow::bail!("--load-module {spec}: `{other}` is neither `before` nor `after`")
+            }
+        }
+    }
+    Ok((before, after))
+}
+
+pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
+    if !args.module.is_file() {
+        anyhow::bail!("{}: no such module", args.module.display());
+    }
+    if let Some(script) = &args.script {
+        if !script.is_file() {
+            anyhow::bail!("--script {}: no such file", script.display());
+        }
+    }
+    let (before, after) = split_load_modules(&args.load_modules)?;
+    let (target, cache) = target_and_cache(&args.kernel.target)?;
+    let progress = crate::progress::for_output(args.json);
+    let kernel = ensure_kernel(&cache, &target, &progress)?;
+    let plan = TestPlan {
+        module: args.module.clone(),
+        before,
+        after,
+        script: args.script.clone(),
+        baseline_fails: args.baseline_fails,
+        transition_timeout: args.transition_timeout,
+    };
+    let json = args.json;
+    let result = {
+        let mut stdout = std::io::stdout().lock();
+        run_plan(&plan, &cache, &kernel, &progress, &mut |bytes| {
+            if !json {
+                let _ = stdout.write_all(bytes);
+                let _ = stdout.flush();
+            }
+        })?
+    };
+    if args.show_dmesg {
+        eprintln!(
+            "--- guest kernel log ({}) ---\n{}--- end of guest kernel log ---",
+            result.log.display(),
+            result.log_text
+        );
+    }
     if json {
         let report = TestReport {
-            module: &name,
-            passed: code == 0,
-            failed_step: verdict.as_deref(),
-            kernel_log_errors: errors.clone(),
-            kernel_log: outcome.log.display().to_string(),
-            output: String::from_utf8_lossy(&output).into_owned(),
+            module: &result.name,
+            passed: result.code == 0,
+            failed_step: result.failed_step.as_deref(),
+            kernel_log_errors: result.errors.clone(),
+            kernel_log: result.log.display().to_string(),
+            output: result.output.clone(),
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
-    match verdict {
+    match &result.failed_step {
         None => {
             if !json {
                 println!(
-                    "graft-test: {name} passed on {target} ({:.1} s)",
-                    outcome.total_time.as_secs_f64()
+                    "graft-test: {} passed on {target} ({:.1} s)",
+                    result.name, result.seconds
                 );
             }
             Ok(ExitCode::SUCCESS)
         }
         Some(what) => {
-            eprintln!("graft: test of {name} failed: {what}");
-            for e in errors.iter().take(10) {
+            eprintln!("graft: test of {} failed: {what}", result.name);
+            for e in result.errors.iter().take(10) {
                 eprintln!("  kernel: {e}");
             }
-            eprintln!("  kernel log: {}", outcome.log.display());
-            Ok(ExitCode::from(code))
+            eprintln!("  kernel log: {}", result.log.display());
+            Ok(ExitCode::from(result.code))
         }
     }
 }

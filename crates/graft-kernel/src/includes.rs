@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs;
 use std::path::Path;
 
-use crate::BuildError;
+use graft_cache::Cache;
+
+use crate::{Kernel, KernelError};
 
 /// Directories kbuild passes with `-I` for x86-64, in order.
 const INCLUDE_DIRS: &[&str] = &[
@@ -40,7 +42,7 @@ pub struct IncludeGraph {
 
 impl IncludeGraph {
     /// Scans the tree's .c and .h files.
-    pub fn scan(tree: &Path) -> Result<Self, BuildError> {
+    pub fn scan(tree: &Path) -> Result<Self, KernelError> {
         let mut files = Vec::new();
         collect(tree, tree, &mut files)?;
         let existing: BTreeSet<&str> = files.iter().map(String::as_str).collect();
@@ -85,8 +87,31 @@ impl IncludeGraph {
     }
 }
 
-fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), BuildError> {
-    let entries = fs::read_dir(dir).map_err(|e| BuildError::io("listing", dir, e))?;
+impl Kernel {
+    /// The include graph of the target's source tree, scanned once and kept in the cache
+    /// (`objects/<target>/include-graph.json`).
+    pub fn include_graph(&self, cache: &Cache) -> Result<IncludeGraph, KernelError> {
+        let entry = cache.entry("objects", &self.target().key());
+        {
+            let lock = entry.lock()?;
+            lock.ensure("include-graph.json", |out| -> Result<(), KernelError> {
+                let graph = IncludeGraph::scan(&self.source_dir())?;
+                let json = serde_json::to_vec(&graph)
+                    .map_err(|e| KernelError::Inconsistent(e.to_string()))?;
+                fs::write(out, json).map_err(|e| KernelError::io("writing", out, e))
+            })?;
+        }
+        let path = entry.path("include-graph.json");
+        let text = fs::read(&path).map_err(|e| KernelError::io("reading", &path, e))?;
+        serde_json::from_slice(&text).map_err(|e| KernelError::BadImage {
+            path: path.clone(),
+            reason: format!("unreadable include graph: {e}; delete it to rescan"),
+        })
+    }
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), KernelError> {
+    let entries = fs::read_dir(dir).map_err(|e| KernelError::io("listing", dir, e))?;
     for entry in entries.filter_map(Result::ok) {
         let path = entry.path();
         let Ok(rel) = path.strip_prefix(root) else {
@@ -95,7 +120,7 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), BuildEr
         let rel = rel.to_string_lossy().into_owned();
         let kind = entry
             .file_type()
-            .map_err(|e| BuildError::io("inspecting", &path, e))?;
+            .map_err(|e| KernelError::io("inspecting", &path, e))?;
         if kind.is_dir() {
             let top = rel.split('/').next().unwrap_or_default();
             let other_arch =
@@ -135,7 +160,8 @@ fn include_names(text: &[u8]) -> Vec<String> {
     out
 }
 
-fn normalize(path: &str) -> String {
+/// A path with `.` and `..` components resolved (`fs/proc/../x.h` is `fs/x.h`).
+pub(crate) fn normalize(path: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
     for p in path.split('/') {
         match p {
