@@ -339,18 +339,29 @@ pub fn remove_any(path: &Path) -> Result<(), CacheError> {
 /// Writes `data` to `path` through a temporary file and a rename, so readers see the old
 /// contents or the new, never a torn write.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), CacheError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     fs::create_dir_all(dir).map_err(|e| CacheError::io("creating", dir, e))?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut file = File::create(&tmp).map_err(|e| CacheError::io("creating", &tmp, e))?;
-    file.write_all(data)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| CacheError::io("writing", &tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| CacheError::io("renaming", &tmp, e))?;
+    let written = File::create(&tmp)
+        .map_err(|e| CacheError::io("creating", &tmp, e))
+        .and_then(|mut file| {
+            file.write_all(data)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| CacheError::io("writing", &tmp, e))
+        })
+        .and_then(|()| fs::rename(&tmp, path).map_err(|e| CacheError::io("renaming", &tmp, e)));
+    if let Err(e) = written {
+        // Nothing half-written stays behind.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     // The rename itself is durable only once the directory is synced.
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -469,6 +480,21 @@ mod tests {
         cache.sweep("kernels");
         assert!(!dir.path().join("kernels/c.removing-1").exists());
         assert_eq!(entry.lock().unwrap().remove_entry().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_failed_atomic_write_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // The destination is a directory: the rename fails after the data was written.
+        let target = dir.path().join("taken");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("x"), b"keep").unwrap();
+        assert!(write_atomic(&target, b"data").is_err());
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["taken"]);
     }
 
     #[test]

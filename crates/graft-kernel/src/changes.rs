@@ -252,9 +252,11 @@ fn check_update_version(series: &str, from: &str, to: &str) -> Result<(), Kernel
         to: to.to_string(),
         reason,
     };
-    let ordering = graft_deb::relation::compare(to, from)
-        .ok_or_else(|| bad("not a Debian version (like 6.1.192-3)".into()))?;
     let upstream = graft_deb::relation::upstream(to);
+    // Debian Policy 5.6.12: the upstream version starts with a digit.
+    let ordering = graft_deb::relation::compare(to, from)
+        .filter(|_| upstream.starts_with(|c: char| c.is_ascii_digit()))
+        .ok_or_else(|| bad("not a Debian version (like 6.1.192-3)".into()))?;
     if !upstream.starts_with(&format!("{series}.")) {
         return Err(bad(format!(
             "upstream {upstream} is not of the target's series {series}: live patches carry fixes within a series"

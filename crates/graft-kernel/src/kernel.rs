@@ -20,7 +20,8 @@ pub(crate) mod stage {
     pub const SOURCE_FILES: &str = "source-files.txt";
     pub const KBUILD: &str = "kbuild";
     pub const VMLINUX: &str = "vmlinux";
-    pub const MODULES: &str = "modules.json";
+    /// `-v2`: with soft dependencies and aliases.
+    pub const MODULES: &str = "modules-v2.json";
     pub const MODULE_SYMBOLS: &str = "module-symbols.txt";
     pub const SYMBOLS: &str = "kallsyms.txt";
     pub const META: &str = "target.json";
@@ -162,6 +163,11 @@ impl Kernel {
     /// The kbuild directory for out-of-tree modules (`make -C <this> M=...`).
     pub fn kbuild_dir(&self) -> PathBuf {
         kbuild_dir(self.entry.dir(), &self.target.release)
+    }
+
+    /// A program of kbuild's (`scripts/genksyms/genksyms`), as the kbuild stage has it.
+    pub fn kbuild_program(&self, path: &str) -> PathBuf {
+        kbuild_tools_dir(self.entry.dir(), &self.target.series).join(path)
     }
 
     /// The prepared source tree.

@@ -22,6 +22,13 @@ pub struct ModuleInfo {
     pub path: String,
     /// Names of the modules it needs (`modinfo depends`).
     pub depends: Vec<String>,
+    /// Names (or aliases) of modules it wants loaded first (`modinfo softdep`, `pre:`): not
+    /// linked against, but its init fails without them (libcrc32c wants crc32c).
+    #[serde(default)]
+    pub softdeps: Vec<String>,
+    /// Its aliases (`modinfo alias`), by which softdeps and request_module name it.
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 /// All modules of an image, by name.
@@ -68,12 +75,24 @@ impl ModuleIndex {
                 .filter(|d| !d.is_empty())
                 .map(normalize_name)
                 .collect();
+            let softdeps = info
+                .iter()
+                .filter(|(k, _)| *k == "softdep")
+                .flat_map(|(_, v)| pre_softdeps(v))
+                .collect();
+            let aliases = info
+                .iter()
+                .filter(|(k, _)| *k == "alias")
+                .map(|(_, v)| v.to_string())
+                .collect();
             modules.insert(
                 name.clone(),
                 ModuleInfo {
                     name,
                     path,
                     depends,
+                    softdeps,
+                    aliases,
                 },
             );
         }
@@ -120,13 +139,21 @@ impl ModuleIndex {
         seen: &mut HashSet<String>,
         load_order: &mut Vec<&'a ModuleInfo>,
     ) -> Result<(), KernelError> {
-        for dep in &module.depends {
+        // Soft dependencies load first, as modprobe does with `softdep pre:`; they are wanted,
+        // not required, so one the image lacks is skipped.
+        let soft = module
+            .softdeps
+            .iter()
+            .filter_map(|name| self.provider(name))
+            .map(|m| m.name.clone());
+        let hard = module.depends.iter().cloned();
+        for dep in soft.chain(hard).collect::<Vec<_>>() {
             if !seen.insert(dep.clone()) {
                 continue;
             }
             let info = self
                 .modules
-                .get(dep)
+                .get(&dep)
                 .ok_or_else(|| KernelError::UnknownModule {
                     name: format!("{dep} (needed by {})", module.name),
                 })?;
@@ -134,6 +161,21 @@ impl ModuleIndex {
             load_order.push(info);
         }
         Ok(())
+    }
+
+    /// The module called `name`, or else one with `name` as an alias; of several, the generic
+    /// implementation (`crc32c_generic` before `crc32c_intel`, which needs a CPU feature).
+    pub fn provider(&self, name: &str) -> Option<&ModuleInfo> {
+        if let Some(module) = self.get(name) {
+            return Some(module);
+        }
+        let mut providers: Vec<&ModuleInfo> = self
+            .modules
+            .values()
+            .filter(|m| m.aliases.iter().any(|a| a == name))
+            .collect();
+        providers.sort_by_key(|m| (!m.name.ends_with("_generic"), m.name.clone()));
+        providers.first().copied()
     }
 }
 
@@ -152,6 +194,21 @@ fn collect_modules(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), KernelError
         }
     }
     Ok(())
+}
+
+/// The module names of a `softdep` value's `pre:` part: `pre: crc32c post: foo` gives crc32c.
+fn pre_softdeps(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_pre = false;
+    for word in value.split_whitespace() {
+        match word {
+            "pre:" => in_pre = true,
+            "post:" => in_pre = false,
+            name if in_pre => out.push(normalize_name(name)),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// The `key=value` strings of a module's `.modinfo` section.
@@ -307,11 +364,42 @@ mod tests {
                             name: name.to_string(),
                             path: format!("kernel/{name}.ko"),
                             depends: deps.iter().map(|d| d.to_string()).collect(),
+                            softdeps: Vec::new(),
+                            aliases: Vec::new(),
                         },
                     )
                 })
                 .collect(),
         }
+    }
+
+    /// Regression: `graft test --load-module xfs` failed because libcrc32c wants crc32c
+    /// (`softdep pre: crc32c`) and the guest lacked it.
+    #[test]
+    fn soft_dependencies_load_first_by_alias_preferring_generic() {
+        let mut idx = index(&[
+            ("xfs", &["libcrc32c"]),
+            ("libcrc32c", &[]),
+            ("crc32c_intel", &[]),
+            ("crc32c_generic", &[]),
+        ]);
+        for m in ["crc32c_intel", "crc32c_generic"] {
+            idx.modules.get_mut(m).unwrap().aliases = vec!["crc32c".into(), "crypto-crc32c".into()];
+        }
+        idx.modules.get_mut("libcrc32c").unwrap().softdeps =
+            pre_softdeps("pre: crc32c post: nothing");
+        assert_eq!(idx.modules["libcrc32c"].softdeps, ["crc32c"]);
+        let deps: Vec<_> = idx
+            .dependencies("xfs")
+            .unwrap()
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect();
+        // Loaded from the end: crc32c_generic, then libcrc32c.
+        assert_eq!(deps, ["libcrc32c", "crc32c_generic"]);
+        // A softdep the image lacks is wanted, not needed.
+        idx.modules.get_mut("libcrc32c").unwrap().softdeps = vec!["absent".into()];
+        assert_eq!(idx.dependencies("xfs").unwrap().len(), 1);
     }
 
     #[test]
