@@ -8,17 +8,133 @@
 //! the function references to their exact kallsyms entries, which gives each local symbol its
 //! `sympos` without guessing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use graft_diff::compare::{bytes_of, relocs_in};
 use graft_diff::correlate::{target_of, Target};
-use graft_elf::x86_64::{read_value, referenced_address, reloc_kind, reloc_name};
+use graft_diff::Verdict;
+use graft_elf::x86_64::{read_value, referenced_address, reloc_kind, reloc_name, relocated_bytes};
 use graft_elf::{ElfObject, SymSection};
-use graft_kernel::SymbolTable;
+use graft_kernel::{Kernel, SymbolTable};
 use object::{Object, ObjectSegment};
 
-use crate::BuildError;
+use crate::diff::Diffs;
+use crate::pairs::CompiledPair;
+use crate::{BuildError, Parent};
+
+/// What run-pre matching proved: every replaced function is the running code, at a known
+/// kallsyms position, and the symbols those functions reference are pinned.
+#[derive(Debug)]
+pub struct RunPreProof {
+    /// (unit index, function name in the running kernel) -> its sympos.
+    pub function_sympos: HashMap<(usize, String), u32>,
+    /// (object, symbol name) -> sympos, for every symbol a matched function references.
+    pub pins: HashMap<(String, String), u32>,
+    /// vmlinux's kallsyms.
+    pub vmlinux: SymbolTable,
+    /// Each module's symbols, when a module is patched.
+    pub modules: BTreeMap<String, SymbolTable>,
+}
+
+/// Matches every changed function of every unit against the target's running code.
+pub fn prove(
+    kernel: &Kernel,
+    pairs: &[CompiledPair],
+    diffs: &Diffs,
+) -> Result<RunPreProof, BuildError> {
+    let mut proof = RunPreProof {
+        function_sympos: HashMap::new(),
+        pins: HashMap::new(),
+        vmlinux: kernel.symbols()?,
+        modules: if pairs
+            .iter()
+            .any(|p| matches!(p.unit.parent, Parent::Module(_)))
+        {
+            kernel.module_symbols()?
+        } else {
+            BTreeMap::new()
+        },
+    };
+    if diffs.any_included(pairs, &Parent::Vmlinux) {
+        prove_vmlinux(kernel, pairs, diffs, &mut proof)?;
+    }
+    prove_modules(kernel, pairs, diffs, &mut proof)?;
+    Ok(proof)
+}
+
+/// The changed functions of a unit that are matched: cold parts go with their parent.
+fn matched_functions(diff: &graft_diff::UnitDiff) -> impl Iterator<Item = (&str, usize)> {
+    diff.included()
+        .filter(|v| v.verdict == Verdict::Changed && !graft_diff::is_cold_part(&v.name))
+        .filter_map(|v| Some((v.pre_name.as_deref().unwrap_or_default(), v.pre_symbol?)))
+}
+
+fn prove_vmlinux(
+    kernel: &Kernel,
+    pairs: &[CompiledPair],
+    diffs: &Diffs,
+    proof: &mut RunPreProof,
+) -> Result<(), BuildError> {
+    let image = CodeImage::load(&kernel.vmlinux())?;
+    let index = AddressIndex::new(&proof.vmlinux);
+    for (i, (pair, diff)) in pairs.iter().zip(&diffs.units).enumerate() {
+        if pair.unit.parent != Parent::Vmlinux {
+            continue;
+        }
+        for (name, p) in matched_functions(diff) {
+            let (pos, found) = match_function(&pair.pre, p, &image, &proof.vmlinux, &index)
+                .map_err(|e| match e {
+                    BuildError::RunPre { function, detail } => BuildError::RunPre {
+                        function: format!("vmlinux:{function} ({})", pair.unit.source),
+                        detail,
+                    },
+                    other => other,
+                })?;
+            proof.function_sympos.insert((i, name.to_string()), pos);
+            for (symbol, pos) in found.sympos {
+                proof.pins.insert(("vmlinux".into(), symbol), pos);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn prove_modules(
+    kernel: &Kernel,
+    pairs: &[CompiledPair],
+    diffs: &Diffs,
+    proof: &mut RunPreProof,
+) -> Result<(), BuildError> {
+    let module_index = kernel.module_index()?;
+    let empty = SymbolTable::default();
+    for (i, (pair, diff)) in pairs.iter().zip(&diffs.units).enumerate() {
+        let Parent::Module(module) = &pair.unit.parent else {
+            continue;
+        };
+        if diff.included().next().is_none() {
+            continue;
+        }
+        let info = module_index.get(module).ok_or_else(|| {
+            BuildError::Symbol(format!(
+                "{}: the target's image has no module {module}",
+                pair.unit.source
+            ))
+        })?;
+        let path = kernel.modules_dir().join(&info.path);
+        let bytes = std::fs::read(&path).map_err(|e| BuildError::io("reading", &path, e))?;
+        let ko = ElfObject::parse(&path.display().to_string(), &bytes)?;
+        let table = proof.modules.get(module).unwrap_or(&empty);
+        for (name, p) in matched_functions(diff) {
+            let (pos, found) = match_module_function(&pair.pre, p, &ko, module, table)?;
+            proof.function_sympos.insert((i, name.to_string()), pos);
+            for (symbol, pos) in found.sympos {
+                proof.pins.insert((module.clone(), symbol), pos);
+            }
+        }
+    }
+    Ok(())
+}
 
 /// The target's code image, addressable by link-time address.
 pub struct CodeImage {
@@ -166,6 +282,25 @@ pub fn match_function(
     }
 }
 
+/// Matching one compiled function against the image at one address.
+struct ImageMatch<'a> {
+    pre: &'a ElfObject,
+    function: usize,
+    /// The function's section in the compiled object.
+    section: usize,
+    /// Where the function is in the image.
+    address: u64,
+    image: &'a CodeImage,
+    index: &'a AddressIndex,
+    pins: Pins,
+    /// Auxiliary code blocks already matched (section, offset): a block may be reached twice.
+    aux_seen: Vec<(usize, i64)>,
+}
+
+/// Most bytes of auxiliary code (`.altinstr_aux`) one reference is taken to cover: the slow
+/// paths of `static_cpu_has()` are a test, a branch back and a jump back.
+const AUX_BLOCK_MAX: usize = 64;
+
 fn compare_at(
     pre: &ElfObject,
     function: usize,
@@ -174,90 +309,154 @@ fn compare_at(
     index: &AddressIndex,
 ) -> Result<Pins, String> {
     let sym = &pre.symbols[function];
-    let ours = bytes_of(pre, sym);
-    let theirs = image
-        .read(address, ours.len())
-        .ok_or_else(|| "the image does not contain the function's bytes".to_string())?;
-    let relocs = relocs_in(pre, sym);
-    let mut masked = vec![false; ours.len()];
-    for r in &relocs {
-        let kind =
-            reloc_kind(r.r_type).ok_or_else(|| format!("unsupported {}", reloc_name(r.r_type)))?;
-        let at = (r.offset - sym.value) as usize;
-        for m in masked.iter_mut().skip(at).take(kind.size) {
-            *m = true;
-        }
-    }
-    if let Some(at) = (0..ours.len()).find(|&i| !masked[i] && ours[i] != theirs[i]) {
-        return Err(format!(
-            "code differs at +{at:#x} (compiled {:02x}, running {:02x})",
-            ours[at], theirs[at]
-        ));
-    }
-    let SymSection::Section(section_index) = sym.section else {
+    let SymSection::Section(section) = sym.section else {
         return Err("the function has no section".into());
     };
-    let mut pins = Pins::default();
+    let mut m = ImageMatch {
+        pre,
+        function,
+        section,
+        address,
+        image,
+        index,
+        pins: Pins::default(),
+        aux_seen: Vec::new(),
+    };
+    let relocs: Vec<graft_elf::Reloc> = relocs_in(pre, sym).into_iter().copied().collect();
+    m.compare_bytes(section, sym.value, bytes_of(pre, sym), address, &relocs)?;
     for r in &relocs {
+        m.check_reference(section, r, address + (r.offset - sym.value))?;
+    }
+    Ok(m.pins)
+}
+
+impl ImageMatch<'_> {
+    /// The compiled `ours` (at `start` of `section`, relocated by `relocs`) equals the image at
+    /// `at` outside relocated fields.
+    fn compare_bytes(
+        &self,
+        section: usize,
+        start: u64,
+        ours: &[u8],
+        at: u64,
+        relocs: &[graft_elf::Reloc],
+    ) -> Result<(), String> {
+        let theirs = self
+            .image
+            .read(at, ours.len())
+            .ok_or_else(|| "the image does not contain the code's bytes".to_string())?;
+        let masked = relocated_bytes(relocs, start, ours.len())
+            .map_err(|t| format!("unsupported {}", reloc_name(t)))?;
+        match (0..ours.len()).find(|&i| !masked[i] && ours[i] != theirs[i]) {
+            None => Ok(()),
+            Some(i) if section == self.section => Err(format!(
+                "code differs at +{i:#x} (compiled {:02x}, running {:02x})",
+                ours[i], theirs[i]
+            )),
+            Some(i) => Err(format!(
+                "its code in {}{:+#x} differs (compiled {:02x}, running {:02x})",
+                self.pre.sections[section].name,
+                start + i as u64,
+                ours[i],
+                theirs[i]
+            )),
+        }
+    }
+
+    /// The relocated field at image address `field` (of relocation `r` in `section`) points
+    /// at what the relocation names.
+    fn check_reference(
+        &mut self,
+        section: usize,
+        r: &graft_elf::Reloc,
+        field: u64,
+    ) -> Result<(), String> {
+        let fsym = &self.pre.symbols[self.function];
+        let at = field.wrapping_sub(self.address);
         let kind =
             reloc_kind(r.r_type).ok_or_else(|| format!("unsupported {}", reloc_name(r.r_type)))?;
-        let at = (r.offset - sym.value) as usize;
-        let value = read_value(&theirs[at..], kind)
+        if kind.size == 0 {
+            return Ok(());
+        }
+        let raw = self
+            .image
+            .read(field, kind.size)
             .ok_or_else(|| "truncated relocation field".to_string())?;
-        let referenced = referenced_address(value, kind, address + at as u64);
+        let value =
+            read_value(raw, kind).ok_or_else(|| "truncated relocation field".to_string())?;
+        let referenced = referenced_address(value, kind, field);
         // Assembler-local labels (`.LC3`) name anonymous constants: compare what they hold.
-        let target = match target_of(pre, section_index, r) {
-            Target::Symbol { symbol, addend } if pre.symbols[symbol].name.starts_with(".L") => {
-                match pre.symbols[symbol].section {
-                    SymSection::Section(section) => Target::Section {
-                        section,
-                        addend: pre.symbols[symbol].value as i64 + addend,
+        let target = match target_of(self.pre, section, r) {
+            Target::Symbol { symbol, addend }
+                if self.pre.symbols[symbol].name.starts_with(".L") =>
+            {
+                match self.pre.symbols[symbol].section {
+                    SymSection::Section(s) => Target::Section {
+                        section: s,
+                        addend: self.pre.symbols[symbol].value as i64 + addend,
                     },
-                    _ => target_of(pre, section_index, r),
+                    _ => target_of(self.pre, section, r),
                 }
             }
             other => other,
         };
         match target {
             Target::Symbol { symbol, addend } => {
-                let target = &pre.symbols[symbol];
+                let target = &self.pre.symbols[symbol];
                 let symbol_address = referenced.wrapping_sub(addend as u64);
-                if symbol == function
-                    || (target.section == sym.section
+                if symbol == self.function
+                    || (target.section == fsym.section
                         && target.section != SymSection::Undefined
                         && target.kind != object::elf::STT_FUNC)
                 {
                     // A place inside this very function.
-                    let expected = address.wrapping_add(target.value.wrapping_sub(sym.value));
+                    let expected = self
+                        .address
+                        .wrapping_add(target.value.wrapping_sub(fsym.value));
                     if symbol_address != expected {
                         return Err(format!("+{at:#x} should refer into the function itself"));
                     }
-                    continue;
+                    return Ok(());
                 }
-                let names = index.names_at(symbol_address);
+                if let SymSection::Section(s) = target.section {
+                    if self.pre.sections[s].is_exec() && target.kind != object::elf::STT_FUNC {
+                        return self.check_aux(
+                            s,
+                            target.value as i64 + addend,
+                            referenced,
+                            r,
+                            section,
+                        );
+                    }
+                }
+                let names = self.index.names_at(symbol_address);
                 match names.iter().find(|(n, _)| *n == target.name) {
                     Some((name, pos)) => {
-                        pins.sympos.insert(name.clone(), *pos);
+                        self.pins.sympos.insert(name.clone(), *pos);
+                        Ok(())
                     }
                     None => {
                         let found = names
                             .first()
                             .map(|(n, _)| n.clone())
                             .unwrap_or_else(|| format!("{symbol_address:#x}"));
-                        return Err(format!(
+                        Err(format!(
                             "+{at:#x} refers to {found}, the compiled code to {}",
                             target.name
-                        ));
+                        ))
                     }
                 }
             }
-            Target::Section { section, addend } => {
-                let sec = &pre.sections[section];
-                let bias = graft_diff::correlate::pc_bias(pre, section_index, r);
+            Target::Section { section: s, addend } => {
+                let sec = &self.pre.sections[s];
+                let bias = graft_diff::correlate::pc_bias(self.pre, section, r);
+                if sec.is_exec() {
+                    return self.check_aux(s, addend, referenced, r, section);
+                }
                 if sec.flags & u64::from(object::elf::SHF_STRINGS) != 0 {
-                    let ours = string_at(&sec.data, addend + bias);
-                    let theirs = image.string(referenced.wrapping_add(bias as u64));
-                    if ours != theirs {
+                    let ours = graft_diff::correlate::c_string(&sec.data, addend + bias);
+                    let theirs = self.image.string(referenced.wrapping_add(bias as u64));
+                    if ours.is_none() || ours != theirs {
                         return Err(format!(
                             "+{at:#x} uses the string {:?}, the running kernel {:?}",
                             String::from_utf8_lossy(ours.unwrap_or_default()),
@@ -270,7 +469,7 @@ fn compare_at(
                     let from = (addend + bias).max(0) as usize;
                     let len = sec.data.len().saturating_sub(from).min(16);
                     let ours = sec.data.get(from..from + len);
-                    let theirs = image.read(referenced.wrapping_add(bias as u64), len);
+                    let theirs = self.image.read(referenced.wrapping_add(bias as u64), len);
                     if ours != theirs {
                         return Err(format!(
                             "+{at:#x} uses constants of {} that differ in the running kernel",
@@ -278,16 +477,74 @@ fn compare_at(
                         ));
                     }
                 }
+                Ok(())
             }
         }
     }
-    Ok(pins)
+
+    /// A reference from the function into auxiliary code outside it (`static_cpu_has()` puts
+    /// its slow path in `.altinstr_aux`): the block the reference lands on is the function's
+    /// too, so its bytes are compared modulo its relocations, and its relocations (back into
+    /// the function, to the CPU feature words) are checked like the function's own.
+    fn check_aux(
+        &mut self,
+        aux: usize,
+        addend: i64,
+        referenced: u64,
+        r: &graft_elf::Reloc,
+        from_section: usize,
+    ) -> Result<(), String> {
+        let bias = graft_diff::correlate::pc_bias(self.pre, from_section, r);
+        let start = addend + bias;
+        if self.aux_seen.contains(&(aux, start)) {
+            return Ok(());
+        }
+        self.aux_seen.push((aux, start));
+        let sec = &self.pre.sections[aux];
+        let begin = usize::try_from(start)
+            .ok()
+            .filter(|&b| b < sec.data.len())
+            .ok_or_else(|| format!("a reference into {} points outside it", sec.name))?;
+        let len = aux_block_len(&sec.data[begin..]);
+        let image_start = referenced.wrapping_add(bias as u64);
+        let relocs: Vec<graft_elf::Reloc> = sec
+            .relocs()
+            .filter(|x| x.offset >= begin as u64 && x.offset < (begin + len) as u64)
+            .copied()
+            .collect();
+        self.compare_bytes(
+            aux,
+            begin as u64,
+            &sec.data[begin..begin + len],
+            image_start,
+            &relocs,
+        )?;
+        for x in &relocs {
+            self.check_reference(aux, x, image_start + (x.offset - begin as u64))?;
+        }
+        Ok(())
+    }
 }
 
-fn string_at(data: &[u8], offset: i64) -> Option<&[u8]> {
-    let start = usize::try_from(offset).ok()?;
-    let rest = data.get(start..)?;
-    Some(&rest[..rest.iter().position(|&b| b == 0)?])
+/// The length of the auxiliary code block at the start of `code`: up to and including its
+/// first unconditional jump or return, at most [`AUX_BLOCK_MAX`] bytes.
+fn aux_block_len(code: &[u8]) -> usize {
+    use iced_x86::{Decoder, DecoderOptions, FlowControl};
+    let window = &code[..code.len().min(AUX_BLOCK_MAX)];
+    let mut decoder = Decoder::with_ip(64, window, 0, DecoderOptions::NONE);
+    while decoder.can_decode() {
+        let ins = decoder.decode();
+        if ins.is_invalid() {
+            break;
+        }
+        if matches!(
+            ins.flow_control(),
+            FlowControl::UnconditionalBranch | FlowControl::Return | FlowControl::IndirectBranch
+        ) {
+            return ins.next_ip() as usize;
+        }
+    }
+    window.len()
 }
 
 /// Matches pre function `function` against the same function in the target's module file
@@ -356,6 +613,31 @@ pub fn match_module_function(
     })
 }
 
+/// The module symbol standing for our relocation's target at `place` (section, offset): one
+/// of the same name (or the same name without GCC's numbers) in that section, at the place
+/// our reference reaches from it.
+fn same_place(
+    pre: &ElfObject,
+    pre_section: usize,
+    r: &graft_elf::Reloc,
+    ko: &ElfObject,
+    (section, offset): (usize, i64),
+) -> Option<usize> {
+    let Target::Symbol { symbol, addend } = target_of(pre, pre_section, r) else {
+        return None;
+    };
+    let ours = &pre.symbols[symbol];
+    let base = graft_diff::base_name(&ours.name);
+    let candidates = || {
+        ko.symbols_in(section)
+            .filter(|(_, k)| k.value as i64 + addend == offset)
+    };
+    candidates()
+        .find(|(_, k)| k.name == ours.name)
+        .or_else(|| candidates().find(|(_, k)| graft_diff::base_name(&k.name) == base))
+        .map(|(i, _)| i)
+}
+
 /// Name (or string contents) a relocation targets, for comparison across objects.
 fn target_name(object: &ElfObject, section_of_reloc: usize, r: &graft_elf::Reloc) -> String {
     match target_of(object, section_of_reloc, r) {
@@ -363,7 +645,7 @@ fn target_name(object: &ElfObject, section_of_reloc: usize, r: &graft_elf::Reloc
         Target::Section { section, addend } => {
             let sec = &object.sections[section];
             let bias = graft_diff::correlate::pc_bias(object, section_of_reloc, r);
-            match string_at(&sec.data, addend + bias)
+            match graft_diff::correlate::c_string(&sec.data, addend + bias)
                 .filter(|_| sec.flags & u64::from(object::elf::SHF_STRINGS) != 0)
             {
                 Some(s) => format!("string {:?}", String::from_utf8_lossy(s)),
@@ -423,14 +705,8 @@ fn compare_in_module(
         .map(|r| (r.offset - ks.value, r))
         .collect();
     let relocs = relocs_in(pre, ps);
-    let mut masked = vec![false; ours.len()];
-    for r in &relocs {
-        let size = reloc_kind(r.r_type).map(|k| k.size).unwrap_or(8);
-        let at = (r.offset - ps.value) as usize;
-        for m in masked.iter_mut().skip(at).take(size) {
-            *m = true;
-        }
-    }
+    let masked = relocated_bytes(relocs.iter().copied(), ps.value, ours.len())
+        .map_err(|t| format!("unsupported {}", reloc_name(t)))?;
     if let Some(at) = (0..ours.len()).find(|&i| !masked[i] && ours[i] != theirs[i]) {
         return Err(format!("code differs at +{at:#x}"));
     }
@@ -450,10 +726,16 @@ fn compare_in_module(
         };
         let ours = target_name(pre, pre_section, r);
         let mut ko_target = None;
+        // Where the module's field points, as (section, offset), before any naming.
+        let mut their_place: Option<(usize, i64)> = None;
         let theirs = match ko_relocs.get(&at) {
             Some(k) => {
                 if let Target::Symbol { symbol, .. } = target_of(ko, ko_section, k) {
                     ko_target = Some(symbol);
+                }
+                let s = &ko.symbols[k.symbol];
+                if let SymSection::Section(sec) = s.section {
+                    their_place = Some((sec, s.value as i64 + k.addend));
                 }
                 target_name(ko, ko_section, k)
             }
@@ -471,6 +753,7 @@ fn compare_in_module(
                 let place = ks.value + at;
                 let target = (place as i64 + value - r.addend) as u64;
                 let addend = r.addend;
+                their_place = Some((ko_section, place as i64 + value));
                 match ko.symbols_in(ko_section).find(|(_, s)| s.value == target) {
                     Some((index, s)) => {
                         ko_target = Some(index);
@@ -481,7 +764,19 @@ fn compare_in_module(
             }
         };
         let ours_base = graft_diff::base_name(&ours);
-        if ours != theirs && ours_base != graft_diff::base_name(&theirs) {
+        let same_name = ours == theirs || ours_base == graft_diff::base_name(&theirs);
+        // Named differently, the same place is still the same thing: a zero-size static
+        // (`__key.47`) shares its address with the next object, a loop's end pointer is one
+        // past an object, and a module's `.rodata` is one section where ours has one per
+        // object. So: where would the module have our target, by its name?
+        let by_place = if same_name {
+            None
+        } else {
+            their_place.and_then(|place| same_place(pre, pre_section, r, ko, place))
+        };
+        if let Some(k) = by_place {
+            ko_target = Some(k);
+        } else if !same_name {
             return Err(format!(
                 "+{at:#x} refers to {theirs} in the running module, to {ours} in the compiled code"
             ));

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use graft_elf::{ElfObject, Reloc, SymSection, Symbol};
 use object::elf;
 
-use crate::correlate::{target_of, Correlation, Target};
+use crate::correlate::{c_string, target_of, Correlation, Target};
+use crate::lines::LineMap;
 use crate::naming::{base_name, is_cold_part};
 use crate::Refusal;
 
@@ -123,12 +124,6 @@ pub fn is_traceable(object: &ElfObject, sym: &Symbol) -> bool {
         .is_some_and(|r| r.offset <= sym.value + 5 && object.symbols[r.symbol].name == "__fentry__")
 }
 
-fn string_at(data: &[u8], offset: i64) -> Option<&[u8]> {
-    let start = usize::try_from(offset).ok()?;
-    let rest = data.get(start..)?;
-    Some(&rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())])
-}
-
 /// The constant an assembler-local label (plus addend and instruction bias) designates.
 fn label_bytes<'a>(object: &'a ElfObject, label: &Symbol, addend: i64) -> Option<&'a [u8]> {
     match label.section {
@@ -146,6 +141,7 @@ fn same_target(
     post: &ElfObject,
     (post_section, b): (usize, &Reloc),
     corr: &Correlation,
+    lines: &LineMap,
 ) -> Result<(), String> {
     match (
         target_of(pre, pre_section, a),
@@ -173,7 +169,9 @@ fn same_target(
                         ab + crate::correlate::pc_bias(post, post_section, b),
                     ),
                 );
-                if x.is_none() || x != y {
+                let moved_lines =
+                    matches!((x, y), (Some(x), Some(y)) if lines.only_lines_differ(x, y));
+                if x.is_none() || (x != y && !moved_lines) {
                     return Err(format!(
                         "uses {:?} (was {:?})",
                         String::from_utf8_lossy(y.unwrap_or_default()),
@@ -209,13 +207,15 @@ fn same_target(
             let strings = y.flags & u64::from(elf::SHF_STRINGS) != 0;
             if strings {
                 let (s1, s2) = (
-                    string_at(&x.data, aa + crate::correlate::pc_bias(pre, pre_section, a)),
-                    string_at(
+                    c_string(&x.data, aa + crate::correlate::pc_bias(pre, pre_section, a)),
+                    c_string(
                         &y.data,
                         ab + crate::correlate::pc_bias(post, post_section, b),
                     ),
                 );
-                if s1 != s2 {
+                let moved_lines =
+                    matches!((s1, s2), (Some(x), Some(y)) if lines.only_lines_differ(x, y));
+                if s1.is_none() || (s1 != s2 && !moved_lines) {
                     return Err(format!(
                         "uses the string {:?} (was {:?})",
                         String::from_utf8_lossy(s2.unwrap_or_default()),
@@ -248,26 +248,25 @@ pub fn difference(
     post: &ElfObject,
     qs: &Symbol,
     corr: &Correlation,
+    lines: &LineMap,
 ) -> Option<String> {
     if ps.size != qs.size {
         return Some(format!("size {} -> {}", ps.size, qs.size));
     }
     let (ra, rb) = (relocs_in(pre, ps), relocs_in(post, qs));
     let (ba, bb) = (bytes_of(pre, ps), bytes_of(post, qs));
-    let mut masked = vec![false; ba.len().max(bb.len())];
-    for (relocs, base) in [(&ra, ps.value), (&rb, qs.value)] {
-        for r in relocs.iter() {
-            let size = graft_elf::x86_64::reloc_kind(r.r_type)
-                .map(|k| k.size)
-                .unwrap_or(8);
-            let at = (r.offset - base) as usize;
-            for m in masked.iter_mut().skip(at).take(size) {
-                *m = true;
-            }
-        }
-    }
+    let len = ba.len().max(bb.len());
+    let masks = (
+        graft_elf::x86_64::relocated_bytes(ra.iter().copied(), ps.value, len),
+        graft_elf::x86_64::relocated_bytes(rb.iter().copied(), qs.value, len),
+    );
+    let (Ok(ma), Ok(mb)) = masks else {
+        // A relocation graft cannot size: the function is taken as changed.
+        return Some("a relocation of a type graft does not know".into());
+    };
+    let masked: Vec<bool> = ma.iter().zip(&mb).map(|(a, b)| *a || *b).collect();
     if let Some(at) = (0..ba.len().min(bb.len())).find(|&i| !masked[i] && ba[i] != bb[i]) {
-        if !only_line_numbers_differ(pre, ps, post, qs, &masked) {
+        if !only_line_numbers_differ(pre, ps, post, qs, &masked, lines) {
             return Some(format!("code differs at +{at:#x}"));
         }
     }
@@ -282,7 +281,7 @@ pub fn difference(
         let (Some(sa), Some(sb)) = (section_of(pre, ps), section_of(post, qs)) else {
             return Some("not in a section".into());
         };
-        if let Err(why) = same_target(pre, (sa, a), post, (sb, b), corr) {
+        if let Err(why) = same_target(pre, (sa, a), post, (sb, b), corr, lines) {
             return Some(format!("+{at:#x} {why}"));
         }
     }
@@ -296,8 +295,10 @@ fn is_init_section(name: &str) -> bool {
         || name == ".init.text"
 }
 
-/// Diffs one unit.
-pub fn diff_unit(unit: &str, pre: &ElfObject, post: &ElfObject) -> UnitDiff {
+/// Diffs one unit. `lines` says where the patch moved the source lines, so that a moved
+/// `__LINE__` is not taken for a change.
+pub fn diff_unit(unit: &str, pre: &ElfObject, post: &ElfObject, ctx: &crate::Context) -> UnitDiff {
+    let lines = &ctx.lines;
     let correlation = Correlation::new(pre, post);
     let mut verdicts = Vec::new();
     let mut refusals = Vec::new();
@@ -310,7 +311,7 @@ pub fn diff_unit(unit: &str, pre: &ElfObject, post: &ElfObject) -> UnitDiff {
         let (verdict, reason, pre_symbol) = match correlation.pre_of(q) {
             Some(p) if pre.symbols[p].kind == elf::STT_FUNC => {
                 seen_pre.insert(p);
-                match difference(pre, &pre.symbols[p], post, qs, &correlation) {
+                match difference(pre, &pre.symbols[p], post, qs, &correlation, lines) {
                     None => (Verdict::Unchanged, None, Some(p)),
                     Some(why) => (Verdict::Changed, Some(why), Some(p)),
                 }
@@ -386,7 +387,7 @@ pub fn diff_unit(unit: &str, pre: &ElfObject, post: &ElfObject) -> UnitDiff {
             .collect();
         for (i, q) in copied {
             let sym = &post.symbols[q];
-            if !sym.is_local() || referenced_from_data(post, q) {
+            if !sym.is_local() || referenced_from_data(post, q, &ctx.layout) {
                 refusals.push(Refusal::NotTraceable {
                     unit: unit.to_string(),
                     function: verdicts[i].name.clone(),
@@ -435,7 +436,7 @@ pub fn diff_unit(unit: &str, pre: &ElfObject, post: &ElfObject) -> UnitDiff {
             reason: "new".into(),
         });
     }
-    refusals.extend(changed_data(unit, pre, post, &correlation));
+    refusals.extend(changed_data(unit, pre, post, &correlation, lines));
     UnitDiff {
         unit: unit.to_string(),
         functions: verdicts,
@@ -462,11 +463,11 @@ fn callers(object: &ElfObject, target: usize) -> Vec<usize> {
 
 /// Whether data (not code, not special-section bookkeeping) holds the address of `target`,
 /// e.g. an operations table: such a function is reached without a call graft can rewrite.
-fn referenced_from_data(object: &ElfObject, target: usize) -> bool {
+fn referenced_from_data(object: &ElfObject, target: usize, layout: &crate::Layout) -> bool {
     object.sections.iter().enumerate().any(|(i, s)| {
         !s.is_exec()
             && s.is_alloc()
-            && crate::special::handling(&s.name).is_none()
+            && layout.handling(&s.name).is_none()
             && s.relocs().any(|r| {
                 matches!(target_of(object, i, r), Target::Symbol { symbol, .. } if symbol == target)
             })
@@ -483,7 +484,13 @@ pub fn is_function_name_constant(name: &str) -> bool {
     )
 }
 
-fn changed_data(unit: &str, pre: &ElfObject, post: &ElfObject, corr: &Correlation) -> Vec<Refusal> {
+fn changed_data(
+    unit: &str,
+    pre: &ElfObject,
+    post: &ElfObject,
+    corr: &Correlation,
+    lines: &LineMap,
+) -> Vec<Refusal> {
     let mut out = Vec::new();
     let mut reported: HashMap<String, ()> = HashMap::new();
     for (q, qs) in post.symbols.iter().enumerate() {
@@ -511,7 +518,7 @@ fn changed_data(unit: &str, pre: &ElfObject, post: &ElfObject, corr: &Correlatio
         let changed = if sec.kind == elf::SHT_NOBITS {
             ps.size != qs.size
         } else {
-            difference(pre, ps, post, qs, corr).is_some()
+            difference(pre, ps, post, qs, corr, lines).is_some()
         };
         if changed && reported.insert(qs.name.clone(), ()).is_none() {
             out.push(Refusal::ChangedData {
@@ -524,27 +531,22 @@ fn changed_data(unit: &str, pre: &ElfObject, post: &ElfObject, corr: &Correlatio
     out
 }
 
-/// Callees that take a source line number (besides `printk`-style calls that also take
-/// `__FILE__`, which are recognised by that string).
-const LINE_TAKERS: &[&str] = &[
-    "__might_sleep",
-    "__might_fault",
-    "__might_resched",
-    "__cant_sleep",
-    "__cant_migrate",
-];
-
 /// Whether two functions differ only in `__LINE__` values: the instruction streams are the
-/// same except for `mov $imm32, %r32` immediates that feed a call which also takes `__FILE__`
-/// or is a known line-taking helper. A patch that adds lines shifts every later line number;
-/// such functions are not changed.
+/// same except for `mov $imm32, %r32` immediates that feed a call which also takes a
+/// `__FILE__` string, each new value being exactly where the patch moved the old line of that
+/// file. A patch that adds lines shifts every later line number; such functions are not
+/// changed, but a constant that changed beside a `__FILE__` string is.
 fn only_line_numbers_differ(
     pre: &ElfObject,
     ps: &Symbol,
     post: &ElfObject,
     qs: &Symbol,
     masked: &[bool],
+    lines: &LineMap,
 ) -> bool {
+    if lines.is_empty() {
+        return false;
+    }
     use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind};
     let (ba, bb) = (bytes_of(pre, ps), bytes_of(post, qs));
     let decode = |bytes: &[u8]| {
@@ -570,9 +572,10 @@ fn only_line_numbers_differ(
         SymSection::Section(s) => s,
         _ => return false,
     };
-    // Does the window after instruction `k` reach a call that takes a line number?
-    let feeds_line_taker = |k: usize| {
-        let mut file_seen = false;
+    // The `__FILE__` string passed to the call the window after instruction `k` reaches
+    // (printk-style calls, `__might_sleep(file, line)`).
+    let file_of_call = |k: usize| -> Option<String> {
+        let mut file: Option<String> = None;
         for ins in b.iter().skip(k).take(10) {
             let (start, end) = (ins.ip(), ins.next_ip());
             for r in relocs
@@ -580,11 +583,6 @@ fn only_line_numbers_differ(
                 .filter(|r| r.offset - qs.value >= start && r.offset - qs.value < end)
             {
                 let (data_section, offset) = match target_of(post, section, r) {
-                    Target::Symbol { symbol, .. }
-                        if LINE_TAKERS.contains(&post.symbols[symbol].name.as_str()) =>
-                    {
-                        return true
-                    }
                     Target::Symbol { symbol, addend } => match post.symbols[symbol].section {
                         SymSection::Section(s) => (s, post.symbols[symbol].value as i64 + addend),
                         _ => continue,
@@ -592,16 +590,18 @@ fn only_line_numbers_differ(
                     Target::Section { section: s, addend } => (s, addend),
                 };
                 let data = &post.sections[data_section].data;
-                let text = string_at(data, offset)
-                    .or_else(|| string_at(data, offset + 4))
+                let text = c_string(data, offset)
+                    .or_else(|| c_string(data, offset + 4))
                     .unwrap_or_default();
-                file_seen |= text.ends_with(b".c") || text.ends_with(b".h");
+                if text.ends_with(b".c") || text.ends_with(b".h") {
+                    file = Some(String::from_utf8_lossy(text).into_owned());
+                }
             }
             if ins.mnemonic() == Mnemonic::Call {
-                return file_seen;
+                return file;
             }
         }
-        false
+        None
     };
     for (k, (x, y)) in a.iter().zip(&b).enumerate() {
         let range = x.ip() as usize..x.next_ip() as usize;
@@ -620,7 +620,9 @@ fn only_line_numbers_differ(
             && x.op1_kind() == OpKind::Immediate32
             && (1..=1_000_000).contains(&x.immediate32())
             && (1..=1_000_000).contains(&y.immediate32());
-        if !line_move || !feeds_line_taker(k) {
+        let moved = line_move
+            && file_of_call(k).is_some_and(|f| lines.moved(&f, x.immediate32(), y.immediate32()));
+        if !moved {
             return false;
         }
     }

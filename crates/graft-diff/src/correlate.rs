@@ -332,10 +332,18 @@ pub fn pc_bias(object: &ElfObject, section: usize, reloc: &Reloc) -> i64 {
 /// to 16 bytes (the largest literal-pool entry) of a read-only section.
 pub fn constant_at(object: &ElfObject, section: usize, offset: i64) -> Option<&[u8]> {
     let sec = object.sections.get(section)?;
+    if sec.flags & u64::from(elf::SHF_STRINGS) != 0 {
+        return c_string(&sec.data, offset);
+    }
     let start = usize::try_from(offset).ok()?;
     let rest = sec.data.get(start..)?;
-    if sec.flags & u64::from(elf::SHF_STRINGS) != 0 {
-        return Some(&rest[..rest.iter().position(|&b| b == 0)?]);
-    }
     Some(&rest[..rest.len().min(16)])
+}
+
+/// The NUL-terminated string at `offset` of `data`, without its NUL; None when `offset` is
+/// outside `data` or no NUL ends the string there (malformed: never equal to anything).
+pub fn c_string(data: &[u8], offset: i64) -> Option<&[u8]> {
+    let start = usize::try_from(offset).ok()?;
+    let rest = data.get(start..)?;
+    Some(&rest[..rest.iter().position(|&b| b == 0)?])
 }

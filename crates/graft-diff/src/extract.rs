@@ -9,7 +9,7 @@ use object::elf;
 use crate::compare::{is_function_name_constant, relocs_in, UnitDiff, Verdict};
 use crate::correlate::{target_of, Target};
 use crate::naming::{is_cold_part, NEW_FUNCTION_PREFIX};
-use crate::special::{handling, Handling, ORC_ENTRY_SIZE};
+use crate::special::{Handling, ORC_ENTRY_SIZE};
 use crate::Refusal;
 
 /// A function the patch replaces.
@@ -92,6 +92,7 @@ pub fn extract(
     pre: &ElfObject,
     post: &ElfObject,
     unit_index: usize,
+    ctx: &crate::Context,
 ) -> Result<PatchObject, Refusal> {
     let mut x = Extractor {
         unit: &diff.unit,
@@ -152,7 +153,7 @@ pub fn extract(
     for &q in &chosen {
         x.relocate_function(q)?;
     }
-    x.special_sections()?;
+    x.special_sections(&ctx.layout)?;
     Ok(PatchObject {
         elf: x.out,
         functions,
@@ -227,7 +228,12 @@ impl Extractor<'_> {
         let SymSection::Section(post_section) = sym.section else {
             return Ok(());
         };
-        let relocs: Vec<Reloc> = relocs_in(self.post, &sym).into_iter().copied().collect();
+        // objtool's R_X86_64_NONE (a jump label turned into a NOP) relocates nothing.
+        let relocs: Vec<Reloc> = relocs_in(self.post, &sym)
+            .into_iter()
+            .filter(|r| r.r_type != elf::R_X86_64_NONE)
+            .copied()
+            .collect();
         for r in relocs {
             let (symbol, addend) = self.map_target(post_section, &r)?;
             self.out.sections[out_section].rela_mut().push(Reloc {
@@ -423,11 +429,12 @@ impl Extractor<'_> {
     }
 
     /// Carries the entries of special sections that describe copied code.
-    fn special_sections(&mut self) -> Result<(), Refusal> {
+    fn special_sections(&mut self, layout: &crate::Layout) -> Result<(), Refusal> {
+        self.refuse_unknown_special_sections(layout)?;
         let orc = self.post.section_index(".orc_unwind");
         let mut kept_orc: Vec<u64> = Vec::new();
         for (index, section) in self.post.sections.iter().enumerate() {
-            let Some(Handling::Entries { size, anchor }) = handling(&section.name) else {
+            let Some(Handling::Entries { size, anchor }) = layout.handling(&section.name) else {
                 continue;
             };
             let relocs: Vec<Reloc> = section.relocs().copied().collect();
@@ -501,6 +508,41 @@ impl Extractor<'_> {
             let mut s = Section::new(".orc_unwind", src.kind, src.flags, src.align, data);
             s.entsize = src.entsize;
             self.out.sections.push(s);
+        }
+        Ok(())
+    }
+
+    /// A section graft has no layout for, that describes copied code at places no named object
+    /// covers, is a special section graft would have to drop: refused by name.
+    fn refuse_unknown_special_sections(&self, layout: &crate::Layout) -> Result<(), Refusal> {
+        for (index, section) in self.post.sections.iter().enumerate() {
+            if !section.is_alloc()
+                || section.is_exec()
+                || layout.handling(&section.name).is_some()
+                || section.name.starts_with(".graft.")
+            {
+                continue;
+            }
+            let objects: Vec<&Symbol> = self
+                .post
+                .symbols_in(index)
+                .map(|(_, s)| s)
+                .filter(|s| s.kind == elf::STT_OBJECT)
+                .collect();
+            let anonymous = |offset: u64| {
+                !objects
+                    .iter()
+                    .any(|o| offset >= o.value && offset < o.value + o.size.max(1))
+            };
+            if let Some(r) = section
+                .relocs()
+                .find(|r| anonymous(r.offset) && self.points_into_copied_code(index, r))
+            {
+                return Err(self.refuse(format!(
+                    "special section {} describes patched code (at +{:#x}) and graft does not know its layout, so its entries cannot be carried",
+                    section.name, r.offset
+                )));
+            }
         }
         Ok(())
     }

@@ -20,13 +20,25 @@
 pub mod compare;
 pub mod correlate;
 pub mod extract;
+pub mod lines;
 mod naming;
 pub mod special;
 
 pub use compare::{diff_unit, FunctionVerdict, UnitDiff, Verdict};
 pub use correlate::Correlation;
 pub use extract::{extract, new_function_name, External, PatchObject, PatchedFunction};
+pub use lines::LineMap;
 pub use naming::{base_name, is_cold_part, NEW_FUNCTION_PREFIX};
+pub use special::Layout;
+
+/// What the differ knows besides the two objects of a unit.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// Where the patch moved the lines of the files it touches.
+    pub lines: LineMap,
+    /// The target kernel's special-section layouts.
+    pub layout: Layout,
+}
 
 /// Reasons a patch cannot be a live patch, each naming what and where.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, thiserror::Error)]
@@ -63,6 +75,15 @@ pub enum Refusal {
         /// The function.
         function: String,
     },
+    /// The patch changes the symbol versions of exported symbols.
+    #[error("{unit}: the patch changes the symbol versions (modversions CRCs) of exported {}: the types these exports use now look different to the modules built against the running kernel, which check them; leave the declarations the unit sees unchanged (an added #include can do this), or keep new types out of exported interfaces",
+        name_list(symbols))]
+    ChangedExports {
+        /// The unit.
+        unit: String,
+        /// The exported symbols whose CRC changed.
+        symbols: Vec<String>,
+    },
     /// Something graft does not know how to carry.
     #[error("{unit}: {what}")]
     Unsupported {
@@ -71,4 +92,19 @@ pub enum Refusal {
         /// What is unsupported.
         what: String,
     },
+}
+
+/// Up to eight names, then how many more.
+fn name_list(names: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let mut text = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        text.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    text
 }

@@ -25,6 +25,8 @@ pub fn reloc_kind(r_type: u32) -> Option<RelocKind> {
         })
     };
     match r_type {
+        // Written by objtool where it turned a jump-label jump into a NOP: relocates nothing.
+        elf::R_X86_64_NONE => kind(0, false, false),
         elf::R_X86_64_64 => kind(8, false, false),
         elf::R_X86_64_PC64 => kind(8, true, true),
         elf::R_X86_64_PC32 | elf::R_X86_64_PLT32 => kind(4, true, true),
@@ -32,6 +34,27 @@ pub fn reloc_kind(r_type: u32) -> Option<RelocKind> {
         elf::R_X86_64_32S => kind(4, false, true),
         _ => None,
     }
+}
+
+/// Which of `len` bytes starting at `start` relocations patch: the bytes a comparison of two
+/// objects (or of an object and a linked image) must skip. Err names the first relocation type
+/// graft does not know (callers refuse it rather than guess its size).
+pub fn relocated_bytes<'a>(
+    relocs: impl IntoIterator<Item = &'a crate::Reloc>,
+    start: u64,
+    len: usize,
+) -> Result<Vec<bool>, u32> {
+    let mut masked = vec![false; len];
+    for r in relocs {
+        let kind = reloc_kind(r.r_type).ok_or(r.r_type)?;
+        let Some(at) = r.offset.checked_sub(start) else {
+            continue;
+        };
+        for m in masked.iter_mut().skip(at as usize).take(kind.size) {
+            *m = true;
+        }
+    }
+    Ok(masked)
 }
 
 /// Reads the value stored at a relocation's place, sign- or zero-extended.
@@ -57,6 +80,7 @@ pub fn referenced_address(value: i64, kind: RelocKind, place: u64) -> u64 {
 /// A printable name for a relocation type.
 pub fn reloc_name(r_type: u32) -> String {
     match r_type {
+        elf::R_X86_64_NONE => "R_X86_64_NONE".into(),
         elf::R_X86_64_64 => "R_X86_64_64".into(),
         elf::R_X86_64_PC64 => "R_X86_64_PC64".into(),
         elf::R_X86_64_PC32 => "R_X86_64_PC32".into(),
@@ -82,5 +106,23 @@ mod tests {
             0x2000
         );
         assert!(reloc_kind(elf::R_X86_64_GOTPCREL).is_none());
+    }
+
+    #[test]
+    fn relocated_bytes_are_masked_and_unknown_types_named() {
+        let r = |offset, r_type| crate::Reloc {
+            offset,
+            r_type,
+            symbol: 1,
+            addend: 0,
+        };
+        let relocs = [r(11, elf::R_X86_64_PLT32), r(2, elf::R_X86_64_NONE)];
+        let mask = relocated_bytes(&relocs, 10, 8).unwrap();
+        assert_eq!(mask, [false, true, true, true, true, false, false, false]);
+        let unknown = [r(10, elf::R_X86_64_GOTPCREL)];
+        assert_eq!(
+            relocated_bytes(&unknown, 10, 4),
+            Err(elf::R_X86_64_GOTPCREL)
+        );
     }
 }

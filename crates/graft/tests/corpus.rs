@@ -1,5 +1,6 @@
-//! The build corpus (tests/cases): every realistic fix is built with `graft build` and, unless
-//! it must be refused, tested with `graft test` on the real target kernel in the lab.
+//! The build corpus (tests/cases) and the peer suite (tests/peer/kpatch-6.1, fixes written for
+//! kpatch): every fix is built with `graft build` and, unless it must be refused, tested with
+//! `graft test` on the real target kernel in the lab.
 
 #![allow(
     clippy::unwrap_used,
@@ -26,6 +27,9 @@ struct Case {
     load_after: Vec<String>,
     #[serde(default = "yes")]
     baseline_fails: bool,
+    /// The patch, relative to the case directory (default `fix.patch`).
+    #[serde(default)]
+    patch: Option<String>,
 }
 
 fn yes() -> bool {
@@ -42,8 +46,10 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn cases_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/cases")
+fn suite_dir(suite: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests")
+        .join(suite)
 }
 
 /// Runs one case; returns a failure message, or None when it behaved as expected.
@@ -55,11 +61,12 @@ fn run_case(dir: &Path, out: &Path) -> Option<String> {
             Ok(Err(e)) => return Some(format!("{name}: bad case.toml: {e}")),
             Err(e) => return Some(format!("{name}: no case.toml: {e}")),
         };
-    let module = out.join(format!("{name}.ko"));
+    // A prefix keeps case names (`module`) clear of built-in module names.
+    let module = out.join(format!("case_{name}.ko"));
     let build: Output = graft()
         .args(["build", "--explain", "-o"])
         .arg(&module)
-        .arg(dir.join("fix.patch"))
+        .arg(dir.join(case.patch.as_deref().unwrap_or("fix.patch")))
         .output()
         .unwrap();
     let log = format!(
@@ -145,26 +152,22 @@ fn run_case(dir: &Path, out: &Path) -> Option<String> {
     }
 }
 
-#[test]
-fn corpus_cases_build_and_pass_on_the_target() {
+/// Runs every case of `suite` (at least `min` of them), up to three at a time.
+fn run_suite(suite: &str, min: usize) {
     let fetch = graft().args(["kernel", "fetch"]).output().unwrap();
     assert!(
         fetch.status.success(),
         "graft kernel fetch failed: {}",
         text(&fetch.stderr)
     );
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(cases_dir())
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(suite_dir(suite))
         .unwrap()
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.join("case.toml").is_file())
         .collect();
     cases.sort();
-    assert!(
-        cases.len() >= 20,
-        "the corpus has only {} cases",
-        cases.len()
-    );
+    assert!(cases.len() >= min, "{suite} has only {} cases", cases.len());
     let out = tempfile::tempdir().unwrap();
     let queue = Mutex::new(cases.clone());
     let failures = Mutex::new(Vec::new());
@@ -181,7 +184,7 @@ fn corpus_cases_build_and_pass_on_the_target() {
                 let started = std::time::Instant::now();
                 let result = run_case(&case, out.path());
                 eprintln!(
-                    "corpus: {} {} ({:.1} s)",
+                    "{suite}: {} {} ({:.1} s)",
                     case.file_name().unwrap().to_string_lossy(),
                     if result.is_none() { "ok" } else { "FAILED" },
                     started.elapsed().as_secs_f64()
@@ -195,9 +198,21 @@ fn corpus_cases_build_and_pass_on_the_target() {
     let failures = failures.into_inner().unwrap();
     assert!(
         failures.is_empty(),
-        "{} of {} cases failed:\n\n{}",
+        "{} of {} cases of {suite} failed:\n\n{}",
         failures.len(),
         cases.len(),
         failures.join("\n\n")
     );
+}
+
+#[test]
+fn corpus_cases_build_and_pass_on_the_target() {
+    run_suite("cases", 20);
+}
+
+/// kpatch's own integration patches for 6.1: nine build and show their behaviour live, the
+/// two `-FAIL` ones are refused with the reason kpatch's harness expects.
+#[test]
+fn kpatch_peer_suite_is_handled_as_kpatch_expects() {
+    run_suite("peer/kpatch-6.1", 11);
 }

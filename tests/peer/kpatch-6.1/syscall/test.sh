@@ -1,0 +1,1 @@
+uname -s | grep -q kpatch
