@@ -149,7 +149,7 @@ fn refuse_early_klp_relocations(
     Ok(())
 }
 
-fn remove_sections(module: &mut ElfObject, dropped: &HashSet<usize>) {
+pub(crate) fn remove_sections(module: &mut ElfObject, dropped: &HashSet<usize>) {
     let mut new_index = Vec::with_capacity(module.sections.len());
     let mut next = 0;
     for i in 0..module.sections.len() {

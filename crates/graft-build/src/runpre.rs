@@ -9,7 +9,6 @@
 //! `sympos` without guessing.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 
 use graft_diff::compare::{bytes_of, relocs_in};
 use graft_diff::correlate::{target_of, Target};
@@ -17,9 +16,9 @@ use graft_diff::Verdict;
 use graft_elf::x86_64::{read_value, referenced_address, reloc_kind, reloc_name, relocated_bytes};
 use graft_elf::{ElfObject, SymSection};
 use graft_kernel::{Kernel, SymbolTable};
-use object::{Object, ObjectSegment};
 
 use crate::diff::Diffs;
+pub use crate::image::{AddressIndex, CodeImage};
 use crate::pairs::CompiledPair;
 use crate::{BuildError, Parent};
 
@@ -37,29 +36,69 @@ pub struct RunPreProof {
     pub modules: BTreeMap<String, SymbolTable>,
 }
 
-/// Matches every changed function of every unit against the target's running code.
+/// What run-pre matching reads of the running kernel: the target's files, or a fixture's
+/// slices of them.
+pub trait RunningCode {
+    /// vmlinux's symbols in kallsyms order.
+    fn vmlinux_symbols(&self) -> Result<SymbolTable, BuildError>;
+    /// Every module's symbols in kallsyms order.
+    fn module_symbols(&self) -> Result<BTreeMap<String, SymbolTable>, BuildError>;
+    /// The code image.
+    fn image(&self) -> Result<CodeImage, BuildError>;
+    /// Module `module`'s object file, as the image ships it.
+    fn module_object(&self, module: &str) -> Result<ElfObject, BuildError>;
+    /// kallsyms by address.
+    fn address_index(&self, table: &SymbolTable) -> AddressIndex {
+        AddressIndex::new(table)
+    }
+}
+
+impl RunningCode for Kernel {
+    fn vmlinux_symbols(&self) -> Result<SymbolTable, BuildError> {
+        Ok(self.symbols()?)
+    }
+
+    fn module_symbols(&self) -> Result<BTreeMap<String, SymbolTable>, BuildError> {
+        Ok(Kernel::module_symbols(self)?)
+    }
+
+    fn image(&self) -> Result<CodeImage, BuildError> {
+        CodeImage::load(&self.vmlinux())
+    }
+
+    fn module_object(&self, module: &str) -> Result<ElfObject, BuildError> {
+        let info = self.module_index()?.get(module).cloned().ok_or_else(|| {
+            BuildError::Symbol(format!("the target's image has no module {module}"))
+        })?;
+        let path = self.modules_dir().join(&info.path);
+        let bytes = std::fs::read(&path).map_err(|e| BuildError::io("reading", &path, e))?;
+        Ok(ElfObject::parse(&path.display().to_string(), &bytes)?)
+    }
+}
+
+/// Matches every changed function of every unit against the running code.
 pub fn prove(
-    kernel: &Kernel,
+    running: &dyn RunningCode,
     pairs: &[CompiledPair],
     diffs: &Diffs,
 ) -> Result<RunPreProof, BuildError> {
     let mut proof = RunPreProof {
         function_sympos: HashMap::new(),
         pins: HashMap::new(),
-        vmlinux: kernel.symbols()?,
+        vmlinux: running.vmlinux_symbols()?,
         modules: if pairs
             .iter()
             .any(|p| matches!(p.unit.parent, Parent::Module(_)))
         {
-            kernel.module_symbols()?
+            running.module_symbols()?
         } else {
             BTreeMap::new()
         },
     };
     if diffs.any_included(pairs, &Parent::Vmlinux) {
-        prove_vmlinux(kernel, pairs, diffs, &mut proof)?;
+        prove_vmlinux(running, pairs, diffs, &mut proof)?;
     }
-    prove_modules(kernel, pairs, diffs, &mut proof)?;
+    prove_modules(running, pairs, diffs, &mut proof)?;
     Ok(proof)
 }
 
@@ -71,13 +110,13 @@ fn matched_functions(diff: &graft_diff::UnitDiff) -> impl Iterator<Item = (&str,
 }
 
 fn prove_vmlinux(
-    kernel: &Kernel,
+    running: &dyn RunningCode,
     pairs: &[CompiledPair],
     diffs: &Diffs,
     proof: &mut RunPreProof,
 ) -> Result<(), BuildError> {
-    let image = CodeImage::load(&kernel.vmlinux())?;
-    let index = AddressIndex::new(&proof.vmlinux);
+    let image = running.image()?;
+    let index = running.address_index(&proof.vmlinux);
     for (i, (pair, diff)) in pairs.iter().zip(&diffs.units).enumerate() {
         if pair.unit.parent != Parent::Vmlinux {
             continue;
@@ -101,12 +140,11 @@ fn prove_vmlinux(
 }
 
 fn prove_modules(
-    kernel: &Kernel,
+    running: &dyn RunningCode,
     pairs: &[CompiledPair],
     diffs: &Diffs,
     proof: &mut RunPreProof,
 ) -> Result<(), BuildError> {
-    let module_index = kernel.module_index()?;
     let empty = SymbolTable::default();
     for (i, (pair, diff)) in pairs.iter().zip(&diffs.units).enumerate() {
         let Parent::Module(module) = &pair.unit.parent else {
@@ -115,15 +153,10 @@ fn prove_modules(
         if diff.included().next().is_none() {
             continue;
         }
-        let info = module_index.get(module).ok_or_else(|| {
-            BuildError::Symbol(format!(
-                "{}: the target's image has no module {module}",
-                pair.unit.source
-            ))
+        let ko = running.module_object(module).map_err(|e| match e {
+            BuildError::Symbol(msg) => BuildError::Symbol(format!("{}: {msg}", pair.unit.source)),
+            other => other,
         })?;
-        let path = kernel.modules_dir().join(&info.path);
-        let bytes = std::fs::read(&path).map_err(|e| BuildError::io("reading", &path, e))?;
-        let ko = ElfObject::parse(&path.display().to_string(), &bytes)?;
         let table = proof.modules.get(module).unwrap_or(&empty);
         for (name, p) in matched_functions(diff) {
             let (pos, found) = match_module_function(&pair.pre, p, &ko, module, table)?;
@@ -134,91 +167,6 @@ fn prove_modules(
         }
     }
     Ok(())
-}
-
-/// The target's code image, addressable by link-time address.
-pub struct CodeImage {
-    data: Vec<u8>,
-    /// (address, size, file offset) of each loaded segment.
-    segments: Vec<(u64, u64, u64)>,
-}
-
-impl std::fmt::Debug for CodeImage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CodeImage")
-            .field("segments", &self.segments)
-            .finish_non_exhaustive()
-    }
-}
-
-impl CodeImage {
-    /// Loads vmlinux.
-    pub fn load(path: &Path) -> Result<Self, BuildError> {
-        let data = std::fs::read(path).map_err(|e| BuildError::io("reading", path, e))?;
-        let segments = {
-            let file = object::File::parse(&*data)
-                .map_err(|e| BuildError::Unsupported(format!("{}: {e}", path.display())))?;
-            file.segments()
-                .map(|s| {
-                    let (offset, size) = s.file_range();
-                    (s.address(), size, offset)
-                })
-                .collect()
-        };
-        Ok(Self { data, segments })
-    }
-
-    /// `len` bytes at `address`, if the image has them.
-    pub fn read(&self, address: u64, len: usize) -> Option<&[u8]> {
-        let (start, size, offset) = self
-            .segments
-            .iter()
-            .find(|(start, size, _)| address >= *start && address < start + size)?;
-        let at = address - start;
-        if at + len as u64 > *size {
-            return None;
-        }
-        self.data
-            .get((offset + at) as usize..(offset + at) as usize + len)
-    }
-
-    fn string(&self, address: u64) -> Option<&[u8]> {
-        let (start, size, offset) = self
-            .segments
-            .iter()
-            .find(|(start, size, _)| address >= *start && address < start + size)?;
-        let from = (offset + (address - start)) as usize;
-        let end = (offset + size) as usize;
-        let rest = self.data.get(from..end)?;
-        Some(&rest[..rest.iter().position(|&b| b == 0)?])
-    }
-}
-
-/// kallsyms by address.
-#[derive(Debug)]
-pub struct AddressIndex {
-    by_address: HashMap<u64, Vec<(String, u32)>>,
-}
-
-impl AddressIndex {
-    /// Indexes a symbol table.
-    pub fn new(table: &SymbolTable) -> Self {
-        let mut by_address: HashMap<u64, Vec<(String, u32)>> = HashMap::new();
-        for s in table.symbols() {
-            by_address
-                .entry(s.address)
-                .or_default()
-                .push((s.name.clone(), s.sympos()));
-        }
-        Self { by_address }
-    }
-
-    fn names_at(&self, address: u64) -> &[(String, u32)] {
-        self.by_address
-            .get(&address)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-    }
 }
 
 /// What matching one function proved.

@@ -396,4 +396,17 @@ mod tests {
             "cannot read apt's description of linux-source-6.1: no SHA256 field"
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, failure_persistence: None, ..Default::default() })]
+
+        #[test]
+        fn any_stanza_is_a_package_or_an_error(cut in proptest::prelude::any::<usize>(), noise in "(?s).{0,60}") {
+            let at = (0..=cut % STANZA.len()).rev().find(|&i| STANZA.is_char_boundary(i)).unwrap_or(0);
+            let text = format!("{}{noise}{}", &STANZA[..at], &STANZA[at..]);
+            for stanza in stanza_blocks(&text) {
+                let _ = parse_stanza("p", stanza);
+            }
+        }
+    }
 }

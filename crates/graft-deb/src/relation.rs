@@ -275,4 +275,20 @@ mod tests {
             }
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, failure_persistence: None, ..Default::default() })]
+
+        /// Any Depends text is relationships or an error naming the package, never a panic.
+        #[test]
+        fn any_depends_text_is_handled(text in "[a-z0-9.+~:|,()<>= -]{0,80}", version in "[0-9a-z.+~:-]{0,20}") {
+            if let Ok(deps) = parse_depends("p", &text) {
+                for r in deps.iter().flatten() {
+                    let _ = r.allows(&version);
+                }
+            }
+            let _ = upstream(&version);
+            let _ = compare(&version, "6.1.192-3");
+        }
+    }
 }

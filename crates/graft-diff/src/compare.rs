@@ -180,6 +180,14 @@ fn same_target(
                 }
                 return Ok(());
             }
+            if is_switch_table(&na.name) && is_switch_table(&nb.name) {
+                // A switch converted to a lookup table: the table is the code's, compared by
+                // what it holds (it is copied with the code, never referenced).
+                if aa != ab || difference(pre, na, post, nb, corr, lines).is_some() {
+                    return Err(format!("uses a changed switch table {}", nb.name));
+                }
+                return Ok(());
+            }
             let same = match (na.section, nb.section) {
                 (SymSection::Section(_), SymSection::Section(_)) => corr.pre_of(sb) == Some(sa),
                 (SymSection::Section(_), _) | (_, SymSection::Section(_)) => false,
@@ -474,6 +482,18 @@ fn referenced_from_data(object: &ElfObject, target: usize, layout: &crate::Layou
     })
 }
 
+/// Whether `name` is a lookup table GCC made of a switch statement (`CSWTCH.17`): read-only
+/// data private to the functions of the switch.
+pub fn is_switch_table(name: &str) -> bool {
+    base_name(name) == "CSWTCH"
+}
+
+/// Read-only objects the compiler makes for function names and switches: copied with the code
+/// that uses them, so a change is no refusal.
+pub fn is_private_constant(name: &str) -> bool {
+    is_function_name_constant(name) || is_switch_table(name)
+}
+
 /// Read-only objects the compiler makes for function names: copied with the code that uses
 /// them, so a change is no refusal.
 pub fn is_function_name_constant(name: &str) -> bool {
@@ -501,7 +521,7 @@ fn changed_data(
         if qs.kind != elf::STT_OBJECT
             || !sec.is_alloc()
             || sec.is_exec()
-            || is_function_name_constant(&qs.name)
+            || is_private_constant(&qs.name)
         {
             continue;
         }

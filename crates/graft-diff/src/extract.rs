@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use graft_elf::{ElfObject, Reloc, Section, SymSection, Symbol};
 use object::elf;
 
-use crate::compare::{is_function_name_constant, relocs_in, UnitDiff, Verdict};
+use crate::compare::{is_private_constant, relocs_in, UnitDiff, Verdict};
 use crate::correlate::{target_of, Target};
 use crate::naming::{is_cold_part, NEW_FUNCTION_PREFIX};
 use crate::special::{Handling, ORC_ENTRY_SIZE};
@@ -285,10 +285,10 @@ impl Extractor<'_> {
                         // labels use; the patch gets its own, so the key is its module's.
                         let is_new = self.diff.correlation.pre_of(symbol).is_none()
                             || sec.name == "__dyndbg";
-                        // Read-only data without a name of its own in kallsyms (function
-                        // names, assembler-local `.L` constants) is copied, not referenced.
+                        // Read-only data private to the code (function names, switch tables,
+                        // assembler-local `.L` constants) is copied, not referenced.
                         let constant = !sec.flags & u64::from(elf::SHF_WRITE) != 0
-                            && (is_function_name_constant(&sym.name) || sym.name.starts_with(".L"));
+                            && (is_private_constant(&sym.name) || sym.name.starts_with(".L"));
                         if is_new || constant {
                             self.copy_section(section)?;
                             let out = self.copied_symbols[&symbol];

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 /// Per file (path as in `__FILE__`, relative to the tree), the patched line of each unpatched
 /// line that survived the patch.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LineMap {
     files: HashMap<String, Vec<Option<u32>>>,
 }

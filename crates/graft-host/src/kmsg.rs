@@ -27,13 +27,28 @@ const LIVEPATCH_ERRORS: &[&str] = &[
     "cannot",
 ];
 
-/// Whether a log line reports a problem.
+/// Whether a log line reports a problem. The livepatch core quotes patch and object names
+/// (`enabling patch 'fix_failover'`); those are names, not words of the message.
 pub fn is_bad(line: &str) -> bool {
     BAD_LOG.iter().any(|p| line.contains(p))
         || (line.contains("livepatch:") && {
-            let lower = line.to_ascii_lowercase();
+            let lower = without_quoted(line).to_ascii_lowercase();
             LIVEPATCH_ERRORS.iter().any(|w| lower.contains(w))
         })
+}
+
+/// `line` with every `'...'` part removed.
+fn without_quoted(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut inside = false;
+    for c in line.chars() {
+        if c == '\'' {
+            inside = !inside;
+        } else if !inside {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// One kernel log record.
@@ -171,6 +186,20 @@ pub fn describe_taint(mask: u64) -> Vec<String> {
 mod tests {
     use super::*;
 
+    /// Regression: a patch named after kpatch's warn-detect-FAIL made "enabling patch
+    /// 'e0010_warn_detect_fail'" look like a livepatch error.
+    #[test]
+    fn a_quoted_patch_name_is_not_an_error_word() {
+        assert!(!is_bad(
+            "[    3.5] livepatch: enabling patch 'e0010_warn_detect_fail'"
+        ));
+        assert!(!is_bad(
+            "livepatch: 'fix_cannot': starting patching transition"
+        ));
+        assert!(is_bad("livepatch: failed to enable patch 'fix'"));
+        assert!(is_bad("livepatch: 'fix': unreliable stack"));
+    }
+
     #[test]
     fn records_parse_level_and_sequence() {
         let r = parse_record(b"4,1234,5678,-;livepatch: failed to patch\n SUBSYSTEM=x\n");
@@ -204,5 +233,18 @@ mod tests {
                 "K (kernel live patched)"
             ]
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, failure_persistence: None, ..Default::default() })]
+
+        /// Malformed /dev/kmsg records and log lines never panic.
+        #[test]
+        fn malformed_records_never_panic(raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200), line in "(?s).{0,200}") {
+            let _ = parse_record(&raw);
+            let _ = parse_record(format!("6,{line};{line}").as_bytes());
+            let _ = is_bad(&line);
+            let _ = describe_taint(u64::MAX);
+        }
     }
 }

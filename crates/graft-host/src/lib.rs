@@ -7,6 +7,7 @@
 //! - [`state`]: the state directory: a journal of every action (atomic writes), the manifests
 //!   of applied patches, installed patches for `graft boot`.
 //! - [`ops`]: apply, revert, reconcile an interrupted action, install, boot.
+//! - [`recorded`]: recordings of what the kernel shows, for tests and bug reports.
 //! - [`status`]: every loaded livepatch, graft's or not, with the live version of each function.
 //!
 //! Everything here acts on the real kernel; the lab tests run it in a VM of the target.
@@ -14,6 +15,7 @@
 pub mod error;
 pub mod kmsg;
 pub mod ops;
+pub mod recorded;
 pub mod state;
 pub mod status;
 pub mod sys;

@@ -120,7 +120,7 @@ impl Status {
             .enumerate()
             .map(|(i, p)| patch_status(p, i + 1, applied.get(&p.name)))
             .collect();
-        let functions = functions(&loaded);
+        let functions = live_versions(&loaded);
         let disabled_modules = modules
             .into_iter()
             .filter(|m| m.livepatch && !loaded.iter().any(|p| p.name == m.name))
@@ -170,7 +170,7 @@ fn patch_status(p: &LoadedPatch, position: usize, applied: Option<&Applied>) -> 
 /// The live version of each function: the kernel runs the newest enabled patch's version (the
 /// top of its per-function stack), and during a transition, per task, either that or the one
 /// below.
-fn functions(loaded: &[LoadedPatch]) -> Vec<FunctionStatus> {
+pub fn live_versions(loaded: &[LoadedPatch]) -> Vec<FunctionStatus> {
     let mut by_function: BTreeMap<(String, String, u32), Vec<&LoadedPatch>> = BTreeMap::new();
     for p in loaded {
         for (object, f) in p.functions() {

@@ -176,7 +176,13 @@ fn read_patch(dir: &Path, name: &str) -> io::Result<LoadedPatch> {
 /// Every registered patch, oldest first (the order the kernel stacks them in, which is the
 /// load order of `modules`, from [`loaded_modules`]).
 pub fn loaded_patches(modules: &[LoadedModule]) -> Result<Vec<LoadedPatch>, HostError> {
-    let dir = livepatch_dir()?;
+    patches_in(&livepatch_dir()?, modules)
+}
+
+/// The patches of a livepatch directory (`/sys/kernel/livepatch`, or a recorded copy of one),
+/// ordered by `modules`.
+pub fn patches_in(dir: &Path, modules: &[LoadedModule]) -> Result<Vec<LoadedPatch>, HostError> {
+    let dir = dir.to_path_buf();
     let entries = fs::read_dir(&dir).map_err(|e| HostError::io("listing", &dir, e))?;
     let mut patches = Vec::new();
     for entry in entries {
@@ -223,6 +229,11 @@ pub struct LoadedModule {
 pub fn loaded_modules() -> Result<Vec<LoadedModule>, HostError> {
     let text =
         fs::read_to_string(PROC_MODULES).map_err(|e| HostError::io("reading", PROC_MODULES, e))?;
+    Ok(parse_proc_modules(&text))
+}
+
+/// `/proc/modules` text as modules, oldest first.
+pub fn parse_proc_modules(text: &str) -> Vec<LoadedModule> {
     // The kernel lists the most recently loaded module first.
     let mut modules: Vec<LoadedModule> = text
         .lines()
@@ -243,7 +254,7 @@ pub fn loaded_modules() -> Result<Vec<LoadedModule>, HostError> {
         })
         .collect();
     modules.reverse();
-    Ok(modules)
+    modules
 }
 
 /// Whether a module of that name is loaded.
@@ -251,20 +262,22 @@ pub fn module_loaded(name: &str) -> Result<bool, HostError> {
     Ok(loaded_modules()?.iter().any(|m| m.name == name))
 }
 
-/// Loads a module from exactly these bytes: they go into a sealed memory file handed to
-/// `finit_module`, so what the kernel reads is what graft verified, whatever happens to the
-/// file on disk meanwhile.
+/// Loads a module from exactly these bytes: they go into a memory file, sealed against any
+/// further write, growth or shrinking before it is handed to `finit_module`, so what the kernel
+/// reads is what graft verified, whatever happens to the file on disk meanwhile.
 pub fn load_module(name: &str, bytes: &[u8]) -> io::Result<()> {
+    use rustix::fs::{fcntl_add_seals, memfd_create, MemfdFlags, SealFlags};
     use std::io::Write;
-    let label = CString::new(format!("graft:{name}")).map_err(io::Error::other)?;
-    // SAFETY: `label` is a valid NUL-terminated string that outlives the call.
-    let fd = unsafe { libc::memfd_create(label.as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by memfd_create and is owned by nothing else.
-    let mut file = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let fd = memfd_create(
+        format!("graft:{name}"),
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?;
+    let mut file = fs::File::from(fd);
     file.write_all(bytes)?;
+    fcntl_add_seals(
+        &file,
+        SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
+    )?;
     let params = c"";
     // SAFETY: finit_module(2) takes a file descriptor we own, a NUL-terminated parameter string
     // and flags; none of the pointers are retained after the call.

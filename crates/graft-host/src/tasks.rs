@@ -170,6 +170,9 @@ pub struct StallReport {
     pub elapsed_secs: f64,
     /// Pending tasks.
     pub blockers: Vec<Blocker>,
+    /// Online CPUs: each has an idle task the transition also waits for, which /proc does not
+    /// list (the kernel switches it when the CPU next goes idle).
+    pub idle_tasks: usize,
 }
 
 impl StallReport {
@@ -213,6 +216,12 @@ impl StallReport {
                 s.push_str(&format!("      {frame}\n"));
             }
         }
+        if self.blockers.is_empty() {
+            s.push_str(&format!(
+                "  no task /proc lists is pending: the transition waits for the per-CPU idle tasks ({} online CPUs), which /proc does not list; each switches when its CPU next goes idle, so a CPU that never idles holds it\n",
+                self.idle_tasks
+            ));
+        }
         if self
             .blockers
             .iter()
@@ -248,7 +257,30 @@ pub fn diagnose(patch: &LoadedPatch, elapsed_secs: f64) -> StallReport {
         patching: patch.enabled,
         elapsed_secs,
         blockers,
+        idle_tasks: online_cpus(),
     }
+}
+
+/// The number of online CPUs (`/sys/devices/system/cpu/online`, e.g. `0-3,6`).
+fn online_cpus() -> usize {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .map(|t| count_cpu_list(&t))
+        .unwrap_or(0)
+}
+
+/// Counts the CPUs of a kernel CPU list (`0-3,6` is 5).
+fn count_cpu_list(text: &str) -> usize {
+    text.trim()
+        .split(',')
+        .filter(|r| !r.is_empty())
+        .map(|r| match r.split_once('-') {
+            Some((a, b)) => match (a.parse::<usize>(), b.parse::<usize>()) {
+                (Ok(a), Ok(b)) if b >= a => b - a + 1,
+                _ => 0,
+            },
+            None => usize::from(r.parse::<usize>().is_ok()),
+        })
+        .sum()
 }
 
 /// Whether a frame is in a function this transition switches: one of the replaced functions
@@ -286,5 +318,39 @@ mod tests {
             f.map(|f| (f.function, f.object)),
             Some(("kthread".into(), "vmlinux".into()))
         );
+    }
+
+    /// Regression: the stall diagnosis ignored the per-CPU idle tasks, which /proc does not
+    /// list, so a transition waiting only for them showed no blocker and no reason.
+    #[test]
+    fn idle_tasks_are_named_when_no_listed_task_is_pending() {
+        assert_eq!(count_cpu_list("0-3,6\n"), 5);
+        assert_eq!(count_cpu_list("0"), 1);
+        assert_eq!(count_cpu_list("garbage"), 0);
+        let report = StallReport {
+            patch: "p".into(),
+            patching: true,
+            elapsed_secs: 20.0,
+            blockers: Vec::new(),
+            idle_tasks: 2,
+        };
+        let text = report.render();
+        assert!(
+            text.contains("per-CPU idle tasks (2 online CPUs)"),
+            "{text}"
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, failure_persistence: None, ..Default::default() })]
+
+        /// Malformed /proc stat and stack text never panics.
+        #[test]
+        fn malformed_proc_text_never_panics(text in "(?s).{0,300}") {
+            let _ = parse_stat(&text);
+            let _ = parse_stat(&format!("1 ({text}) S 0 0 0 0 0 {text}"));
+            let _ = parse_frame(&text);
+            let _ = parse_frame(&format!("[<0>] {text} [{text}"));
+        }
     }
 }

@@ -183,4 +183,19 @@ linux (6.1.192-1) bookworm-security; urgency=high
         assert!(err.contains(":1:"), "{err}");
         assert!(cves("CVE-20-1 CVE-2026-12 CVE-").is_empty());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, failure_persistence: None, ..Default::default() })]
+
+        /// A damaged changelog is an error or entries, never a panic.
+        #[test]
+        fn damaged_changelogs_never_panic(cut in proptest::prelude::any::<usize>(), noise in "(?s).{0,80}") {
+            let at = (0..=cut % TEXT.len()).rev().find(|&i| TEXT.is_char_boundary(i)).unwrap_or(0);
+            let text = format!("{}{noise}{}", &TEXT[..at], &TEXT[at..]);
+            if let Ok(entries) = parse(&text) {
+                let _ = between(&entries, "6.1.192-1", "6.1.192-3");
+            }
+            let _ = cves(&noise);
+        }
+    }
 }

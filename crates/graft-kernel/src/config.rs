@@ -104,4 +104,15 @@ mod tests {
         assert!(out.contains("CONFIG_LIVEPATCH=y\n"));
         assert_eq!(out.lines().count(), SAMPLE.lines().count());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, failure_persistence: None, ..Default::default() })]
+
+        #[test]
+        fn any_config_text_parses(text in "(?s).{0,300}") {
+            let c = KernelConfig::parse(&text);
+            let _ = c.unwinder();
+            let _ = c.tristate("LIVEPATCH");
+        }
+    }
 }

@@ -199,4 +199,14 @@ ffffffff81004000 d show_stat
         let err = SymbolTable::from_kallsyms(Path::new("k"), "zz T _text\n").unwrap_err();
         assert!(err.to_string().contains("k:1: address is not hex"), "{err}");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, failure_persistence: None, ..Default::default() })]
+
+        /// Malformed kallsyms text is an error or a table, never a panic.
+        #[test]
+        fn malformed_kallsyms_never_panics(text in "(?s)([0-9a-f]{0,17} [tTdDbB?] [a-z_.0-9]{0,12}\\n|.{0,40}\\n){0,20}") {
+            let _ = SymbolTable::from_kallsyms(std::path::Path::new("k"), &text);
+        }
+    }
 }

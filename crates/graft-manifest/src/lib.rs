@@ -220,3 +220,25 @@ impl Manifest {
 pub fn manifest_path(module: &Path) -> PathBuf {
     module.with_extension("json")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, failure_persistence: None, ..Default::default() })]
+
+        /// A damaged manifest is refused, never a panic.
+        #[test]
+        fn damaged_manifests_are_refused_not_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), at in proptest::prelude::any::<usize>()) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("m.json");
+            let good = br#"{"name":"fix","kernel":{"target":"debian:6.1.0-56-amd64","release":"6.1.0-56-amd64","build_id":"ab"},"replace":true,"functions":[],"new_functions":[],"patches":[],"module":{"file":"fix.ko","sha256":"00"},"graft_version":"0.1.0"}"#;
+            let mut data = good.to_vec();
+            let i = at % data.len();
+            data.splice(i..i, bytes);
+            std::fs::write(&path, &data).unwrap();
+            let _ = Manifest::read(&path);
+        }
+    }
+}
