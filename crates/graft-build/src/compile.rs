@@ -279,10 +279,38 @@ fn log_file(path: &Path) -> Result<fs::File, BuildError> {
         .map_err(|e| BuildError::io("opening", path, e))
 }
 
+/// What to show of a failed compile: the compiler's first errors with a line of context each
+/// (a later `objtool: Can't open ...` only follows from them), else the log's end.
 fn tail(log: &Path) -> String {
     let text = fs::read_to_string(log).unwrap_or_default();
+    first_errors(&text)
+}
+
+pub(crate) fn first_errors(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(12)..].join("\n")
+    let errors: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("error:") || l.contains("fatal error"))
+        .map(|(i, _)| i)
+        .take(4)
+        .collect();
+    if errors.is_empty() {
+        return lines[lines.len().saturating_sub(12)..].join("\n");
+    }
+    let mut shown: Vec<usize> = Vec::new();
+    for i in errors {
+        for k in i.saturating_sub(1)..=(i + 2).min(lines.len() - 1) {
+            if !shown.contains(&k) {
+                shown.push(k);
+            }
+        }
+    }
+    shown
+        .iter()
+        .map(|&k| lines[k])
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Compiles the patched version of `unit` in `farm`; returns the object's path.
@@ -324,6 +352,16 @@ pub fn compile_post_command(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: a failed compile showed only objtool's complaint about the missing object,
+    /// not the compiler's error above it.
+    #[test]
+    fn a_compile_failure_shows_the_first_compiler_error() {
+        let log = "  CC net/ipv6/netfilter.o\nnet/ipv6/netfilter.c:99:10: fatal error: kpatch-macros.h: No such file or directory\n   99 | #include \"kpatch-macros.h\"\ncompilation terminated.\nobjtool: Can't open 'net/ipv6/netfilter.o'\n";
+        let shown = first_errors(log);
+        assert!(shown.contains("fatal error: kpatch-macros.h"), "{shown}");
+        assert!(first_errors("a\nb\n").contains('b'));
+    }
 
     #[test]
     fn command_and_parent() {

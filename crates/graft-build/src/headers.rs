@@ -22,7 +22,8 @@ use crate::BuildError;
 /// more places than this is no longer a live patch anyone should review.
 pub const MAX_HEADER_UNITS: usize = 64;
 
-/// The units that include any of `headers`, narrowed by what the patches change in them.
+/// The units that include any of `headers`, narrowed by what the patches change in them, and
+/// why headers only units this configuration does not build include reach nothing.
 pub fn units_including_all(
     kernel: &Kernel,
     cache: &Cache,
@@ -30,17 +31,24 @@ pub fn units_including_all(
     patches: &[PatchFile],
     tree: &Path,
     progress: &SharedProgress,
-) -> Result<Vec<Unit>, BuildError> {
+) -> Result<(Vec<Unit>, Vec<String>), BuildError> {
     let mut all: Vec<Unit> = Vec::new();
+    let mut not_built = Vec::new();
     for header in headers {
         let definitions = changed_definitions(header, patches, tree);
-        for unit in units_including(kernel, cache, header, definitions.as_ref(), tree, progress)? {
-            if !all.iter().any(|u| u.source == unit.source) {
-                all.push(unit);
+        match units_including(kernel, cache, header, definitions.as_ref(), tree, progress) {
+            Ok(units) => {
+                for unit in units {
+                    if !all.iter().any(|u| u.source == unit.source) {
+                        all.push(unit);
+                    }
+                }
             }
+            Err(BuildError::NotBuiltInConfig { reasons, .. }) => not_built.extend(reasons),
+            Err(e) => return Err(e),
         }
     }
-    Ok(all)
+    Ok((all, not_built))
 }
 
 /// The definitions a header change touches, when every changed line lies in one graft can
@@ -103,6 +111,17 @@ fn units_including(
             Membership::NotBuilt { reason } => tracing::debug!("{reason}"),
             _ => built.push(candidate.clone()),
         }
+    }
+    if built.is_empty() && !candidates.is_empty() {
+        // Every unit that could include it is left out by the configuration (a driver of
+        // another architecture): nothing of it runs.
+        return Err(BuildError::NotBuiltInConfig {
+            target: kernel.target().to_string(),
+            reasons: vec![format!(
+                "{header}: none of the {} units that may include it is built",
+                candidates.len()
+            )],
+        });
     }
     let mut affected = Vec::new();
     for result in compile::prepare_units(kernel, cache, &built, &|_, _| {}) {

@@ -78,5 +78,9 @@ pub fn hook_source(spec: &ModuleSpec) -> String {
     c.push_str("static void __exit graft_patch_exit(void)\n{\n}\n\n");
     c.push_str("module_init(graft_patch_init);\nmodule_exit(graft_patch_exit);\nMODULE_LICENSE(\"GPL\");\nMODULE_INFO(livepatch, \"Y\");\n");
     let _ = writeln!(c, "MODULE_DESCRIPTION(\"graft live patch {}\");", spec.name);
+    // The patched code uses symbols exported into these namespaces (EXPORT_SYMBOL_NS).
+    for namespace in &spec.namespaces {
+        let _ = writeln!(c, "MODULE_IMPORT_NS({namespace});");
+    }
     c
 }

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | gate | [`gate`] | [`gate::Inputs`]: the target is patchable, the compiler is the kernel's version, the patches read |
 //! | units | [`units`] | [`units::Units`]: touched sources kbuild builds, headers, sources not built |
-//! | apply | [`scratch`] | [`scratch::Scratch`]: the patched view of the tree |
+//! | apply | [`scratch`], [`layout`] | [`scratch::Scratch`]: the patched view of the tree; refuses changed structure members |
 //! | compile | [`pairs`] (with [`compile`], [`headers`]) | [`pairs::CompiledPair`]s: each unit before and after |
 //! | symvers | [`symvers`] | nothing: refuses a patch that changes exported symbols' CRCs |
 //! | diff | [`diff`] | [`diff::Diffs`]: changed and new functions, refusals, callbacks |
@@ -28,6 +28,7 @@ pub mod headers;
 pub mod hook;
 pub mod image;
 pub mod klp;
+pub mod layout;
 pub use graft_manifest as manifest;
 pub mod module;
 pub mod output;
@@ -297,6 +298,7 @@ pub fn build(
         &inputs.patches,
         options.keep_scratch,
     )?;
+    layout::check(&inputs.patches, &scratch.tree(), &inputs.touched)?;
     phases.mark("apply");
     let pairs = pairs::compile(
         kernel,
@@ -325,6 +327,7 @@ pub fn build(
             diffs: &diffs,
             proof: &proof,
             symvers: &module::symvers(kernel)?,
+            namespaces: &module::namespaces(kernel)?,
             work: &work,
         },
         extracted,

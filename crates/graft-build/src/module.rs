@@ -57,6 +57,8 @@ pub struct ModuleSpec {
     pub resolutions: HashMap<String, Resolution>,
     /// Callbacks by object: (kind, e.g. `pre_patch`, symbol in the patch object).
     pub callbacks: BTreeMap<String, Vec<(String, String)>>,
+    /// Symbol namespaces the patch's references need imported (`MODULE_IMPORT_NS`).
+    pub namespaces: std::collections::BTreeSet<String>,
 }
 
 /// Builds the module in `dir` and returns the converted, checked module bytes.
@@ -150,6 +152,21 @@ pub fn kbuild_modules(kernel: &Kernel, dir: &Path) -> Command {
 /// Every symbol exported by vmlinux or a module of the target (Module.symvers).
 pub fn exported_symbols(kernel: &Kernel) -> Result<HashSet<String>, BuildError> {
     Ok(symvers(kernel)?.into_keys().collect())
+}
+
+/// The namespace of each exported symbol that has one (`EXPORT_SYMBOL_NS`), from
+/// Module.symvers: a module using such a symbol must import the namespace.
+pub fn namespaces(kernel: &Kernel) -> Result<HashMap<String, String>, BuildError> {
+    let path = kernel.kbuild_dir().join("Module.symvers");
+    let text = fs::read_to_string(&path).map_err(|e| BuildError::io("reading", &path, e))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            let namespace = f.get(4).filter(|n| !n.is_empty())?;
+            Some((f.get(1)?.to_string(), namespace.to_string()))
+        })
+        .collect())
 }
 
 /// Module.symvers: exported symbol -> exporting object (`vmlinux` or a module path).

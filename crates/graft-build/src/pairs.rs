@@ -59,12 +59,18 @@ pub fn compile(
     let (mut affected, mut early) =
         unpatched_with_early_patched(kernel, cache, &units.sources, tree)?;
     task.finish(&format!("{} units", affected.len()));
-    for unit in
-        headers::units_including_all(kernel, cache, &units.headers, patches, tree, progress)?
-    {
+    let (included, not_built) =
+        headers::units_including_all(kernel, cache, &units.headers, patches, tree, progress)?;
+    for unit in included {
         if !affected.iter().any(|u| u.source == unit.source) {
             affected.push(unit);
         }
+    }
+    if affected.is_empty() {
+        return Err(BuildError::NotBuiltInConfig {
+            target: kernel.target().to_string(),
+            reasons: units.not_built.iter().cloned().chain(not_built).collect(),
+        });
     }
     let posts = patched(&affected, &mut early, tree)?;
     affected

@@ -93,6 +93,8 @@ pub struct ResolveInputs<'a> {
     pub proof: &'a RunPreProof,
     /// Module.symvers: exported name -> exporting object path.
     pub symvers: &'a HashMap<String, String>,
+    /// Module.symvers: exported name -> its namespace, for those that have one.
+    pub namespaces: &'a HashMap<String, String>,
     /// Where the patch objects are written.
     pub work: &'a Path,
 }
@@ -110,6 +112,7 @@ pub fn resolve(
             patch_objects: Vec::new(),
             resolutions: HashMap::new(),
             callbacks: callbacks(input.pairs, input.diffs)?,
+            namespaces: Default::default(),
         },
         functions: Vec::new(),
         new_functions: Vec::new(),
@@ -147,6 +150,9 @@ pub fn resolve(
         );
         let mut renames: HashMap<String, String> = HashMap::new();
         for ext in &x.patch.externals {
+            if let Some(namespace) = input.namespaces.get(&ext.name).filter(|_| !ext.local) {
+                out.spec.namespaces.insert(namespace.clone());
+            }
             // Module.symvers names exporters by path (net/ceph/libceph); modules go by name.
             let exported_by = input
                 .symvers

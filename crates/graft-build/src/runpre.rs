@@ -201,7 +201,7 @@ pub fn match_function(
     let mut matches = Vec::new();
     for candidate in &candidates {
         match compare_at(pre, function, candidate.address, image, index) {
-            Ok(pins) => matches.push((candidate.sympos(), pins)),
+            Ok(pins) => matches.push((candidate.sympos(), pins, candidate.address)),
             Err(detail) => {
                 if first_error.is_none() {
                     first_error = Some(format!("at {:#x}: {detail}", candidate.address));
@@ -209,25 +209,66 @@ pub fn match_function(
             }
         }
     }
+    if matches.len() > 1 {
+        // Identical copies of a static function in several units (a `static inline` of a
+        // header, say): the running copy of *this* unit is the one among this unit's other
+        // functions, where the linker placed the whole object.
+        let scores: Vec<usize> = matches
+            .iter()
+            .map(|(_, _, address)| neighbours(pre, function, *address, symbols))
+            .collect();
+        let best = scores.iter().copied().max().unwrap_or(0);
+        if best > 0 && scores.iter().filter(|&&s| s == best).count() == 1 {
+            let at = scores.iter().position(|&s| s == best).unwrap_or(0);
+            let (pos, pins, _) = matches.swap_remove(at);
+            return Ok((pos, pins));
+        }
+    }
     match matches.len() {
         0 => Err(BuildError::RunPre {
             function: sym.name.clone(),
             detail: first_error.unwrap_or_default(),
         }),
-        1 => Ok(matches.remove(0)),
+        1 => {
+            let (pos, pins, _) = matches.remove(0);
+            Ok((pos, pins))
+        }
         _ => {
-            // Identical copies: acceptable only if they pin the same symbols.
-            let (pos, pins) = matches.remove(0);
-            if matches.iter().all(|(_, p)| p.sympos == pins.sympos) {
+            // Copies that cannot be told apart by their unit: acceptable only if they pin the
+            // same symbols (then any is the function the patch means).
+            let (pos, pins, _) = matches.remove(0);
+            if matches.iter().all(|(_, p, _)| p.sympos == pins.sympos) {
                 Ok((pos, pins))
             } else {
                 Err(BuildError::RunPre {
                     function: sym.name.clone(),
-                    detail: format!("{} functions of this name match the compiled code and reference different symbols", matches.len() + 1),
+                    detail: format!("{} functions of this name match the compiled code and reference different symbols, and none is placed among this unit's other functions", matches.len() + 1),
                 })
             }
         }
     }
+}
+
+/// How many of the unit's other functions, by names kallsyms lists once, lie within the
+/// unit's code size of `address`: high for the copy linked with this unit.
+pub fn neighbours(pre: &ElfObject, function: usize, address: u64, symbols: &SymbolTable) -> usize {
+    let functions: Vec<&graft_elf::Symbol> = pre
+        .symbols
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| *i != function && s.kind == object::elf::STT_FUNC && s.size > 0)
+        .map(|(_, s)| s)
+        .collect();
+    let span: u64 = functions.iter().map(|s| s.size).sum::<u64>() + pre.symbols[function].size;
+    functions
+        .iter()
+        .filter(|s| !graft_diff::is_cold_part(&s.name))
+        .filter_map(|s| match symbols.lookup(&s.name).as_slice() {
+            [only] => Some(only.address),
+            _ => None,
+        })
+        .filter(|a| a.abs_diff(address) <= span)
+        .count()
 }
 
 /// Matching one compiled function against the image at one address.

@@ -400,3 +400,25 @@ fn the_format_checker_names_what_a_plain_module_lacks() {
     let text: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
     assert!(text.iter().any(|v| v.contains("livepatch")), "{text:?}");
 }
+
+/// Regression: of identical copies of a static function in several units, the first match was
+/// taken; the copy of the patched unit is the one placed among the unit's other functions.
+#[test]
+fn the_copy_linked_with_the_unit_is_recognised_by_its_neighbours() {
+    use graft_build::runpre::RunningCode;
+    let f = fixture("params-function");
+    let pre = &f.pairs[0].pre;
+    let function = pre
+        .symbols
+        .iter()
+        .position(|s| s.name == "param_get_charp")
+        .unwrap();
+    let table = f.vmlinux_symbols().unwrap();
+    let address = f.vmlinux_symbols_address("param_get_charp");
+    assert!(runpre::neighbours(pre, function, address, &table) > 3);
+    assert_eq!(
+        runpre::neighbours(pre, function, address + 0x1000_0000, &table),
+        0
+    );
+    prove(&f).unwrap();
+}

@@ -84,6 +84,14 @@ pub enum Refusal {
         /// The exported symbols whose CRC changed.
         symbols: Vec<String>,
     },
+    /// The patch changes a structure's members.
+    #[error("{file}: the patch changes the members of {what}: objects of the old layout live in the running kernel, made by code the patch does not replace, and would disagree with the patched code; keep the layout and attach new data with a shadow variable (klp_shadow_*)")]
+    ChangedLayout {
+        /// The file.
+        file: String,
+        /// The type (`struct seq_buf`).
+        what: String,
+    },
     /// Something graft does not know how to carry.
     #[error("{unit}: {what}")]
     Unsupported {

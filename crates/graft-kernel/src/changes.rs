@@ -296,6 +296,12 @@ pub struct SplitPatch {
     pub headers: Vec<String>,
     /// Whether the `.c` file is new in the update.
     pub added: bool,
+    /// The other changed headers the `.c` file includes directly (or that sit in its
+    /// directory): what a build adds when the patch alone does not compile, because the
+    /// `.c` change relies on a header change no changed line names.
+    pub fallback_headers: Vec<String>,
+    /// The patch with those headers too, when there are any.
+    pub fallback: Option<String>,
 }
 
 /// What `--split` wrote, as `report.json`.
@@ -408,6 +414,12 @@ pub fn plan_split(
         });
     }
     let mut names = BTreeSet::new();
+    let changed_headers: Vec<&str> = changes
+        .files
+        .iter()
+        .filter(|c| c.path.ends_with(".h") && c.kind != ChangeKind::Deleted && !c.is_binary())
+        .map(|c| c.path.as_str())
+        .collect();
     let patches = sources
         .iter()
         .map(|c| {
@@ -415,11 +427,25 @@ pub fn plan_split(
             while !names.insert(name.clone()) {
                 name = format!("x-{name}");
             }
+            let headers = headers_of.remove(c.path.as_str()).unwrap_or_default();
+            let dir = c.path.rsplit_once('/').map_or("", |(d, _)| d);
+            let fallback_headers: Vec<String> = changed_headers
+                .iter()
+                .filter(|h| !headers.iter().any(|x| x == *h))
+                .filter(|h| {
+                    includes_by_name(&c.new, h) || h.rsplit_once('/').is_some_and(|(d, _)| d == dir)
+                })
+                .map(|h| h.to_string())
+                .collect();
+            let fallback = (!fallback_headers.is_empty())
+                .then(|| name.replace(".patch", ".with-headers.patch"));
             SplitPatch {
                 file: c.path.clone(),
                 patch: name,
-                headers: headers_of.remove(c.path.as_str()).unwrap_or_default(),
+                headers,
                 added: c.kind == ChangeKind::Added,
+                fallback_headers,
+                fallback,
             }
         })
         .collect();
@@ -625,19 +651,26 @@ pub fn write_split(
         )
     };
     for p in &patches {
-        let wanted: BTreeSet<&str> = std::iter::once(p.file.as_str())
-            .chain(p.headers.iter().map(String::as_str))
-            .collect();
-        let mut text = sanitize_header(&header_prefix(p));
-        for change in changes
-            .files
-            .iter()
-            .filter(|c| wanted.contains(c.path.as_str()))
-        {
-            text.push_str(&change.diff());
+        let write_patch = |name: &str, extra: &[String]| -> Result<(), KernelError> {
+            let wanted: BTreeSet<&str> = std::iter::once(p.file.as_str())
+                .chain(p.headers.iter().map(String::as_str))
+                .chain(extra.iter().map(String::as_str))
+                .collect();
+            let mut text = sanitize_header(&header_prefix(p));
+            for change in changes
+                .files
+                .iter()
+                .filter(|c| wanted.contains(c.path.as_str()))
+            {
+                text.push_str(&change.diff());
+            }
+            let path = scratch.path().join(name);
+            fs::write(&path, text).map_err(|e| KernelError::io("writing", &path, e))
+        };
+        write_patch(&p.patch, &[])?;
+        if let Some(fallback) = &p.fallback {
+            write_patch(fallback, &p.fallback_headers)?;
         }
-        let path = scratch.path().join(&p.patch);
-        fs::write(&path, text).map_err(|e| KernelError::io("writing", &path, e))?;
     }
     let report = SplitReport {
         target: changes.target.clone(),

@@ -20,8 +20,8 @@ pub(crate) mod stage {
     pub const SOURCE_FILES: &str = "source-files.txt";
     pub const KBUILD: &str = "kbuild";
     pub const VMLINUX: &str = "vmlinux";
-    /// `-v2`: with soft dependencies and aliases.
-    pub const MODULES: &str = "modules-v2.json";
+    /// `-v3`: with soft dependencies, aliases and what is built in.
+    pub const MODULES: &str = "modules-v3.json";
     pub const MODULE_SYMBOLS: &str = "module-symbols.txt";
     pub const SYMBOLS: &str = "kallsyms.txt";
     pub const META: &str = "target.json";

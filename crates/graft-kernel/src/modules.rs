@@ -35,6 +35,10 @@ pub struct ModuleInfo {
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ModuleIndex {
     modules: BTreeMap<String, ModuleInfo>,
+    /// Names and aliases of what is built into the kernel (`modules.builtin.modinfo`): a soft
+    /// dependency on one needs no module.
+    #[serde(default)]
+    builtin: std::collections::BTreeSet<String>,
 }
 
 /// Module names are written with `-` or `_` interchangeably; the kernel uses `_`.
@@ -96,7 +100,8 @@ impl ModuleIndex {
                 },
             );
         }
-        Ok(Self { modules })
+        let builtin = builtin_names(&modules_dir.join("modules.builtin.modinfo"))?;
+        Ok(Self { modules, builtin })
     }
 
     /// Number of modules.
@@ -169,6 +174,11 @@ impl ModuleIndex {
         if let Some(module) = self.get(name) {
             return Some(module);
         }
+        // Built in (sha256_generic provides `sha256`): nothing to load, and a module offering
+        // the same alias (sha256_ssse3, which needs a CPU feature) is not wanted.
+        if self.builtin.contains(name) || self.builtin.contains(&normalize_name(name)) {
+            return None;
+        }
         let mut providers: Vec<&ModuleInfo> = self
             .modules
             .values()
@@ -194,6 +204,33 @@ fn collect_modules(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), KernelError
         }
     }
     Ok(())
+}
+
+/// The names and aliases of built-in modules, from `modules.builtin.modinfo` (`name.key=value`
+/// records, NUL-separated); empty when the image has none.
+fn builtin_names(path: &Path) -> Result<std::collections::BTreeSet<String>, KernelError> {
+    let data = match fs::read(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => return Err(KernelError::io("reading", path, e)),
+    };
+    let mut names = std::collections::BTreeSet::new();
+    for record in data.split(|&b| b == 0) {
+        let Ok(text) = std::str::from_utf8(record) else {
+            continue;
+        };
+        let Some((key, value)) = text.split_once('=') else {
+            continue;
+        };
+        let Some((module, field)) = key.split_once('.') else {
+            continue;
+        };
+        names.insert(module.to_string());
+        if field == "alias" {
+            names.insert(value.to_string());
+        }
+    }
+    Ok(names)
 }
 
 /// The module names of a `softdep` value's `pre:` part: `pre: crc32c post: foo` gives crc32c.
@@ -355,6 +392,7 @@ mod tests {
 
     fn index(entries: &[(&str, &[&str])]) -> ModuleIndex {
         ModuleIndex {
+            builtin: Default::default(),
             modules: entries
                 .iter()
                 .map(|(name, deps)| {
@@ -397,6 +435,10 @@ mod tests {
             .collect();
         // Loaded from the end: crc32c_generic, then libcrc32c.
         assert_eq!(deps, ["libcrc32c", "crc32c_generic"]);
+        // A softdep provided by the kernel itself needs no module.
+        idx.builtin.insert("crc32c".into());
+        assert_eq!(idx.dependencies("xfs").unwrap().len(), 1);
+        idx.builtin.clear();
         // A softdep the image lacks is wanted, not needed.
         idx.modules.get_mut("libcrc32c").unwrap().softdeps = vec!["absent".into()];
         assert_eq!(idx.dependencies("xfs").unwrap().len(), 1);

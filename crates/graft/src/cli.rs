@@ -61,7 +61,8 @@ pub enum Command {
     /// on the unpatched kernel (--baseline-fails), load the patch and wait for its transition,
     /// load the modules marked @after, run SCRIPT (exit 0 = the fix is observed), disable the
     /// patch, wait for the reverse transition, unload it, and fail if the kernel logged a
-    /// WARN, BUG, Oops or livepatch error at any point.
+    /// WARN, BUG, Oops or livepatch error from the moment the patch was loaded (errors logged
+    /// before, by the target modules themselves, are shown as a note).
     ///
     /// Exit status: 0 passed; 2 a target module failed to load; 3 SCRIPT passed before the
     /// patch (with --baseline-fails); 4 the patch failed to load; 5 its transition did not

@@ -30,6 +30,9 @@ struct Row {
     loaded: Option<bool>,
     /// With --test, when it did not: why.
     load_error: Option<String>,
+    /// Whether it was built with the update's other header changes its file includes (it
+    /// did not compile alone).
+    with_headers: bool,
     seconds: f64,
 }
 
@@ -57,7 +60,8 @@ pub fn run(args: &BuildArgs, dir: &Path) -> anyhow::Result<ExitCode> {
             }
         );
     }
-    for (i, patch) in patches.iter().enumerate() {
+    for (i, candidate) in patches.iter().enumerate() {
+        let patch = &candidate.patch;
         let begun = Instant::now();
         let stem = patch
             .file_stem()
@@ -72,7 +76,24 @@ pub fn run(args: &BuildArgs, dir: &Path) -> anyhow::Result<ExitCode> {
             set: args.set.clone(),
             keep_scratch: false,
         };
-        let mut row = match graft_build::build(&cache, &kernel, &options, &progress) {
+        let mut result = graft_build::build(&cache, &kernel, &options, &progress);
+        let mut with_headers = false;
+        if let (
+            Err(graft_build::BuildError::CompileFailed {
+                which: "patched", ..
+            }),
+            Some(fallback),
+        ) = (&result, &candidate.fallback)
+        {
+            // The change relies on the update's header changes no changed line names.
+            let options = BuildOptions {
+                patches: vec![fallback.clone()],
+                ..options.clone()
+            };
+            result = graft_build::build(&cache, &kernel, &options, &progress);
+            with_headers = true;
+        }
+        let mut row = match result {
             Ok(report) => Row {
                 patch: stem.clone(),
                 verdict: Outcome::Built,
@@ -85,6 +106,7 @@ pub fn run(args: &BuildArgs, dir: &Path) -> anyhow::Result<ExitCode> {
                 reason: None,
                 loaded: None,
                 load_error: None,
+                with_headers,
                 seconds: 0.0,
             },
             Err(e) => Row {
@@ -94,6 +116,7 @@ pub fn run(args: &BuildArgs, dir: &Path) -> anyhow::Result<ExitCode> {
                 reason: Some(one_line(&e.to_string())),
                 loaded: None,
                 load_error: None,
+                with_headers,
                 seconds: 0.0,
             },
         };
@@ -200,19 +223,32 @@ fn print_row(row: &Row) {
         (Some(false), None) => " [LOAD FAILED]".to_string(),
         _ => String::new(),
     };
+    let headers = if row.with_headers {
+        " [with the update's headers it includes]"
+    } else {
+        ""
+    };
     println!(
-        "  {:<48} {:<20} {:>6.1} s  {detail}{load}",
+        "  {:<48} {:<20} {:>6.1} s  {detail}{load}{headers}",
         row.patch, verdict, row.seconds
     );
 }
 
+/// One patch to build, and the patch with the update's other header changes its file includes,
+/// to try when it does not compile alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct Candidate {
+    patch: PathBuf,
+    fallback: Option<PathBuf>,
+}
+
 /// The patches of `dir`: `report.json`'s order when present, else `*.patch` by name.
-fn patches_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+fn patches_in(dir: &Path) -> anyhow::Result<Vec<Candidate>> {
     if !dir.is_dir() {
         anyhow::bail!("--each {}: not a directory", dir.display());
     }
     let report = dir.join("report.json");
-    let patches: Vec<PathBuf> = if report.is_file() {
+    let patches: Vec<Candidate> = if report.is_file() {
         let text = std::fs::read_to_string(&report)
             .with_context(|| format!("reading {}", report.display()))?;
         let value: serde_json::Value = serde_json::from_str(&text)
@@ -221,8 +257,12 @@ fn patches_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             .as_array()
             .with_context(|| format!("{}: no `patches` list", report.display()))?
             .iter()
-            .filter_map(|p| p["patch"].as_str())
-            .map(|p| dir.join(p))
+            .filter_map(|p| {
+                Some(Candidate {
+                    patch: dir.join(p["patch"].as_str()?),
+                    fallback: p["fallback"].as_str().map(|f| dir.join(f)),
+                })
+            })
             .collect()
     } else {
         let mut list: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -230,14 +270,24 @@ fn patches_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             .filter_map(Result::ok)
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|e| e == "patch"))
+            .filter(|p| !p.to_string_lossy().ends_with(".with-headers.patch"))
             .collect();
         list.sort();
-        list
+        list.into_iter()
+            .map(|patch| Candidate {
+                patch,
+                fallback: None,
+            })
+            .collect()
     };
     if patches.is_empty() {
         anyhow::bail!("--each {}: no patches in it", dir.display());
     }
-    if let Some(missing) = patches.iter().find(|p| !p.is_file()) {
+    if let Some(missing) = patches
+        .iter()
+        .flat_map(|c| std::iter::once(&c.patch).chain(&c.fallback))
+        .find(|p| !p.is_file())
+    {
         anyhow::bail!("{}: listed in report.json but missing", missing.display());
     }
     Ok(patches)
@@ -245,7 +295,7 @@ fn patches_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 
 /// A seeded random sample of `n` (splitmix64 driving a partial Fisher-Yates shuffle), in the
 /// original order, so a sample is repeatable from its seed.
-fn sample(mut items: Vec<PathBuf>, n: usize, seed: u64) -> Vec<PathBuf> {
+fn sample<T: Default>(mut items: Vec<T>, n: usize, seed: u64) -> Vec<T> {
     let mut state = seed;
     let mut next = || {
         state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);

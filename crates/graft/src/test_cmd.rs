@@ -25,6 +25,9 @@ const STEPS: &[(i32, &str)] = &[
 ];
 /// The kernel log shows errors.
 const EXIT_KERNEL_LOG: u8 = 8;
+/// Written to the kernel log just before the patch loads: errors before it (a target module's
+/// own self-test under emulation, say) are not the patch's.
+const KMSG_MARK: &str = "graft-test: loading the patch";
 
 /// The module name recorded in `.modinfo` (what the livepatch is called in sysfs).
 fn module_name(path: &Path) -> anyhow::Result<String> {
@@ -64,7 +67,7 @@ wait_for() {{
         s.push_str("echo 'graft-test: check before the patch (must fail)'\nif sh /root/graft-check.sh; then exit 3; fi\n");
     }
     s.push_str(&format!(
-        "echo 'graft-test: apply {name}'\ninsmod /root/{name}.ko || exit 4\nwait_for '[ \"$(cat $patch/transition)\" = 0 ]' || exit 5\necho \"graft-test: patched, enabled=$(cat $patch/enabled)\"\n"
+        "echo 'graft-test: apply {name}'\necho '{KMSG_MARK}' > /dev/kmsg\ninsmod /root/{name}.ko || exit 4\nwait_for '[ \"$(cat $patch/transition)\" = 0 ]' || exit 5\necho \"graft-test: patched, enabled=$(cat $patch/enabled)\"\n"
     ));
     for m in after {
         s.push_str(&format!(
@@ -88,6 +91,7 @@ struct TestReport<'a> {
     passed: bool,
     failed_step: Option<&'a str>,
     kernel_log_errors: Vec<String>,
+    kernel_log_errors_before_patch: Vec<String>,
     kernel_log: String,
     output: String,
 }
@@ -118,8 +122,10 @@ pub struct TestResult {
     pub code: u8,
     /// What failed, if anything.
     pub failed_step: Option<String>,
-    /// Kernel log lines that show errors.
+    /// Kernel log lines that show errors since the patch was loaded.
     pub errors: Vec<String>,
+    /// Errors the kernel logged before the patch was loaded (not the patch's).
+    pub errors_before_patch: Vec<String>,
     /// The saved guest kernel log.
     pub log: std::path::PathBuf,
     /// The guest kernel log's text.
@@ -178,11 +184,18 @@ pub fn run_plan(
         echo(bytes);
     })?;
     let log_text = outcome.kernel_log();
-    let errors: Vec<String> = log_text
-        .lines()
-        .filter(|l| graft_host::kmsg::is_bad(l))
-        .map(|l| l.trim().to_string())
-        .collect();
+    let (before_patch, since_patch) = match log_text.find(KMSG_MARK) {
+        Some(at) => log_text.split_at(at),
+        None => ("", log_text.as_str()),
+    };
+    let bad = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| graft_host::kmsg::is_bad(l))
+            .map(|l| l.trim().to_string())
+            .collect()
+    };
+    let errors = bad(since_patch);
+    let errors_before_patch = bad(before_patch);
     let failed_step = STEPS
         .iter()
         .find(|(code, _)| *code == outcome.exit_code)
@@ -207,6 +220,7 @@ pub fn run_plan(
         code,
         failed_step,
         errors,
+        errors_before_patch,
         log: outcome.log.clone(),
         log_text,
         output: String::from_utf8_lossy(&output).into_owned(),
@@ -274,10 +288,18 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
             passed: result.code == 0,
             failed_step: result.failed_step.as_deref(),
             kernel_log_errors: result.errors.clone(),
+            kernel_log_errors_before_patch: result.errors_before_patch.clone(),
             kernel_log: result.log.display().to_string(),
             output: result.output.clone(),
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    if !json && !result.errors_before_patch.is_empty() {
+        eprintln!(
+            "graft-test: note: before the patch was loaded, the kernel logged {} error line(s), not counted: {}",
+            result.errors_before_patch.len(),
+            result.errors_before_patch[0]
+        );
     }
     match &result.failed_step {
         None => {
