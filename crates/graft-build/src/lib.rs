@@ -41,6 +41,7 @@ pub mod symvers;
 pub mod units;
 
 pub use compile::{Parent, Unit};
+pub use graft_diff::{Explanation, Refusal as RefusalReason};
 pub use manifest::Manifest;
 pub use patchset::PatchFile;
 

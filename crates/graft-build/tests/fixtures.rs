@@ -422,3 +422,20 @@ fn the_copy_linked_with_the_unit_is_recognised_by_its_neighbours() {
     );
     prove(&f).unwrap();
 }
+
+/// Regression: a module function's references into its `.cold` part (in `.text.unlikely` of
+/// the module, in a section of its own here) were named differently on the two sides.
+#[test]
+fn a_modules_reference_into_its_cold_part_matches() {
+    let f = fixture("module-cold-part");
+    let pre = &f.pairs[0].pre;
+    assert!(pre
+        .symbols
+        .iter()
+        .any(|s| s.name == "isofs_get_blocks.cold"));
+    let proof = prove(&f).unwrap();
+    assert!(proof
+        .function_sympos
+        .keys()
+        .any(|(_, name)| name == "isofs_get_blocks"));
+}

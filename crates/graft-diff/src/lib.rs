@@ -102,6 +102,44 @@ pub enum Refusal {
     },
 }
 
+/// A refusal, in parts: what it is about, where, and what the patch author can do.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Explanation {
+    /// The unit or file.
+    pub unit: String,
+    /// The function, symbol or type refused.
+    pub subject: String,
+    /// The section, when one is involved.
+    pub section: Option<String>,
+    /// Why.
+    pub reason: String,
+    /// What to do instead.
+    pub remedy: String,
+}
+
+impl Refusal {
+    /// The refusal in parts, for `graft build --explain`.
+    pub fn explain(&self) -> Explanation {
+        let e = |unit: &str, subject: &str, section: Option<&str>, reason: &str, remedy: &str| {
+            Explanation {
+                unit: unit.to_string(),
+                subject: subject.to_string(),
+                section: section.map(str::to_string),
+                reason: reason.to_string(),
+                remedy: remedy.to_string(),
+            }
+        };
+        match self {
+            Refusal::InitCode { unit, function, section, reason } => e(unit, function, Some(section), &format!("__init/__exit code changed ({reason}); it ran at boot"), "move the change into a GRAFT_PRE_PATCH callback if it must run"),
+            Refusal::ChangedData { unit, symbol, section } => e(unit, symbol, Some(section), "existing initialized data changed", "keep the old value; add a shadow variable (klp_shadow_*) or change it from a callback"),
+            Refusal::NotTraceable { unit, function } => e(unit, function, None, "changed but not traceable (no __fentry__: notrace or noinstr)", "change its traceable callers instead"),
+            Refusal::ChangedExports { unit, symbols } => e(unit, &name_list(symbols), Some("__ksymtab"), "the CRCs of exported symbols change", "leave the declarations the unit sees unchanged"),
+            Refusal::ChangedLayout { file, what } => e(file, what, None, "a structure's members change", "keep the layout; attach new data with a shadow variable"),
+            Refusal::Unsupported { unit, what } => e(unit, what, None, "not supported", "change the patch as the message says"),
+        }
+    }
+}
+
 /// Up to eight names, then how many more.
 fn name_list(names: &[String]) -> String {
     const SHOWN: usize = 8;

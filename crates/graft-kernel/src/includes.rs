@@ -326,6 +326,11 @@ impl IncludeGraph {
             for _ in 0..5 {
                 let before = names.len();
                 for (i, line) in lines.iter().enumerate() {
+                    // A comment that names a definition (its kerneldoc) uses nothing.
+                    let code = line.trim_start();
+                    if code.starts_with('*') || code.starts_with("/*") || code.starts_with("//") {
+                        continue;
+                    }
                     if mentions(line, &names) {
                         if let Some(def) = definition_at(&lines, i) {
                             names.insert(def);
@@ -399,6 +404,35 @@ mod tests {
             "seq_show_options",
             &BTreeSet::from(["seq_show_option".to_string()])
         ));
+    }
+
+    /// Regression: the kerneldoc of a new inline in list.h named it, so the definition above
+    /// the comment counted as a user and the change reached 1835 units.
+    #[test]
+    fn a_new_definitions_kerneldoc_uses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("include/linux")).unwrap();
+        std::fs::write(
+            dir.path().join("include/linux/list.h"),
+            "static inline int list_empty(const struct list_head *h)\n{\n\treturn h->next == h;\n}\n\n/**\n * list_count_nodes - count nodes in the list\n */\nstatic inline size_t list_count_nodes(struct list_head *head)\n{\n\treturn 0;\n}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("a.c"),
+            "#include <linux/list.h>\nint f(void) { return list_empty(0); }\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("b.c"),
+            "#include <linux/list.h>\nint g(void) { return list_count_nodes(0); }\n",
+        )
+        .unwrap();
+        let graph = IncludeGraph::scan(dir.path()).unwrap();
+        let names = BTreeSet::from(["list_count_nodes".to_string()]);
+        assert_eq!(
+            graph.candidate_units_using(dir.path(), "include/linux/list.h", &names),
+            ["b.c"]
+        );
     }
 
     #[test]

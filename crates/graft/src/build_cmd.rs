@@ -56,7 +56,16 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(outcome.exit_code()));
         }
         Err(e) => {
-            return Err(anyhow::Error::new(e).context(format!("building a live patch for {target}")))
+            match (&e, args.explain) {
+                (graft_build::BuildError::Refused(refusals), true) => explain_refusals(refusals),
+                (other, true) if other.outcome() == graft_build::Outcome::Refused => {
+                    println!("refused   {other}");
+                }
+                _ => {}
+            }
+            return Err(
+                anyhow::Error::new(e).context(format!("building a live patch for {target}"))
+            );
         }
     };
     if args.json {
@@ -110,5 +119,18 @@ fn explain(report: &BuildReport) {
                 None => println!("  {verdict:<9} {}", f.name),
             }
         }
+    }
+}
+
+/// Each refusal as `--explain` shows it: what, where, why, what to do.
+fn explain_refusals(refusals: &[graft_build::RefusalReason]) {
+    for r in refusals {
+        let x = r.explain();
+        println!("refused   {} ({})", x.subject, x.unit);
+        if let Some(section) = &x.section {
+            println!("  section {section}");
+        }
+        println!("  why     {}", x.reason);
+        println!("  do      {}", x.remedy);
     }
 }
