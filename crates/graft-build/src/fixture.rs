@@ -23,7 +23,7 @@ use graft_kernel::{Kernel, SymbolTable};
 use crate::image::{AddressIndex, CodeImage, ReadLog};
 use crate::pairs::CompiledPair;
 use crate::runpre::RunningCode;
-use crate::{diff, gate, pairs, scratch, units, BuildError, BuildOptions, Parent, Unit};
+use crate::{diff, BuildError, BuildOptions, Parent, Unit};
 
 /// Largest module object a fixture keeps (whole modules are what module matching reads).
 const MAX_MODULE_BYTES: usize = 256 * 1024;
@@ -84,19 +84,7 @@ pub fn capture(
         set: None,
         keep_scratch: false,
     };
-    let inputs = gate::check(kernel, &options)?;
-    let units = units::classify(kernel, cache, &inputs.touched)?;
-    let scratch =
-        scratch::Scratch::prepare(cache, kernel, &inputs.touched, &inputs.patches, false)?;
-    let pairs = pairs::compile(
-        kernel,
-        cache,
-        &units,
-        &inputs.patches,
-        &scratch.tree(),
-        &graft_progress::silent(),
-    )?;
-    let ctx = diff::context(kernel, &scratch.tree(), &inputs.touched)?;
+    let crate::Compiled { pairs, ctx, .. } = crate::compile_only(cache, kernel, &options)?;
     let units_diff: Vec<_> = pairs
         .iter()
         .map(|p| graft_diff::diff_unit(&p.unit.source, &p.pre, &p.post, &ctx))

@@ -281,14 +281,23 @@ impl Phases {
     }
 }
 
-/// Builds a livepatch module for `kernel` from `options.patches`.
-pub fn build(
+/// What every use of the pipeline shares: the first phases, up to both objects of each unit.
+pub(crate) struct Compiled {
+    pub inputs: gate::Inputs,
+    pub units: units::Units,
+    pub scratch: scratch::Scratch,
+    pub pairs: Vec<pairs::CompiledPair>,
+    pub ctx: graft_diff::Context,
+}
+
+/// Gate, units, apply and compile.
+fn compile_patches(
     cache: &Cache,
     kernel: &Kernel,
     options: &BuildOptions,
     progress: &SharedProgress,
-) -> Result<BuildReport, BuildError> {
-    let mut phases = Phases(Vec::new(), Instant::now());
+    phases: &mut Phases,
+) -> Result<Compiled, BuildError> {
     let inputs = gate::check(kernel, options)?;
     let units = units::classify(kernel, cache, &inputs.touched)?;
     phases.mark("gate");
@@ -310,9 +319,50 @@ pub fn build(
         progress,
     )?;
     phases.mark("compile");
+    let ctx = diff::context(kernel, &scratch.tree(), &inputs.touched)?;
+    Ok(Compiled {
+        inputs,
+        units,
+        scratch,
+        pairs,
+        ctx,
+    })
+}
+
+/// The units of `options.patches` compiled before and after, with the differ's context:
+/// what fixtures are captured from.
+pub(crate) fn compile_only(
+    cache: &Cache,
+    kernel: &Kernel,
+    options: &BuildOptions,
+) -> Result<Compiled, BuildError> {
+    let mut phases = Phases(Vec::new(), Instant::now());
+    compile_patches(
+        cache,
+        kernel,
+        options,
+        &graft_progress::silent(),
+        &mut phases,
+    )
+}
+
+/// Builds a livepatch module for `kernel` from `options.patches`.
+pub fn build(
+    cache: &Cache,
+    kernel: &Kernel,
+    options: &BuildOptions,
+    progress: &SharedProgress,
+) -> Result<BuildReport, BuildError> {
+    let mut phases = Phases(Vec::new(), Instant::now());
+    let Compiled {
+        inputs,
+        units,
+        scratch,
+        pairs,
+        ctx,
+    } = compile_patches(cache, kernel, options, progress, &mut phases)?;
     symvers::check(kernel, &pairs, &scratch.tree())?;
     phases.mark("symvers");
-    let ctx = diff::context(kernel, &scratch.tree(), &inputs.touched)?;
     let diffs = diff::diff(&pairs, &ctx)?;
     phases.mark("diff");
     let proof = runpre::prove(kernel, &pairs, &diffs)?;

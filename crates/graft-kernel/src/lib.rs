@@ -22,6 +22,7 @@ mod membership;
 mod modules;
 mod resolve;
 mod source;
+pub mod split;
 mod symbols;
 mod target;
 

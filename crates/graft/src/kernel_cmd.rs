@@ -143,7 +143,7 @@ pub fn run(command: KernelCommand) -> anyhow::Result<ExitCode> {
                 }
             } else if let Some(dir) = split {
                 let graph = kernel.include_graph(&cache)?;
-                let report = graft_kernel::changes::write_split(&changes, &graph, &dir)
+                let report = graft_kernel::split::write_split(&changes, &graph, &dir)
                     .with_context(|| format!("writing the split into {}", dir.display()))?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&report)?);
