@@ -9,5 +9,5 @@ scripts/setup.sh
 cargo run --release --locked -q -p graft-build --example bless_fixtures -- "$@"
 # The recordings of the kernel's livepatch interface, taken in the lab.
 if [ $# = 0 ]; then
-	GRAFT_BLESS=1 cargo test --release --locked -q -p graft --test host recorded_sysfs_trees_are_what_the_kernel_shows
+	GRAFT_BLESS=1 cargo test --release --locked -q -p graft --test host_recordings
 fi

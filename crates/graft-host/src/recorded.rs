@@ -2,7 +2,7 @@
 //! graft's state directory, as one text file, and back into a directory tree.
 //!
 //! The host's conflict rules and status are exercised on such recordings, taken from the real
-//! kernel in the lab (`graft/tests/host.rs` records them with `GRAFT_BLESS=1`), so that the
+//! kernel in the lab (`graft/tests/host_recordings.rs` records them with `GRAFT_BLESS=1`), so that the
 //! fast tier tests them against what the kernel really wrote, without a kernel.
 //!
 //! Format: `@@dir <path>` names a directory (function directories hold no files), `@@file

@@ -1,5 +1,5 @@
 //! The host's conflict rules and live-version status on recordings of the real kernel
-//! (tests/fixtures/sysfs, recorded in the lab by graft/tests/host.rs): a graft set patch beside
+//! (tests/fixtures/sysfs, recorded in the lab by graft/tests/host_recordings.rs): a graft set patch beside
 //! a livepatch graft did not apply, and a transition left running. Fast tier: no kernel.
 
 #![allow(
