@@ -99,6 +99,26 @@ fn exercise(name: &str, which: &str, damage: &Damage) {
     }
 }
 
+/// Regression: a damaged `sh_addralign` of 2^40 made the writer reserve a terabyte of padding
+/// and abort the process instead of answering with an error.
+#[test]
+fn a_huge_section_alignment_is_an_error_not_an_allocation() {
+    let mut data = bytes("cmdline", "0.post.o");
+    let le64 = |d: &[u8], at: usize| u64::from_le_bytes(d[at..at + 8].try_into().unwrap());
+    let shoff = le64(&data, 0x28) as usize;
+    let shentsize = u16::from_le_bytes([data[0x3a], data[0x3b]]) as usize;
+    // Section 1's sh_addralign sits 0x30 bytes into its header.
+    let at = shoff + shentsize + 0x30;
+    data[at..at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let err = ElfObject::parse("damaged", &data).unwrap_err().to_string();
+    assert!(err.contains("alignment 0x10000000000"), "{err}");
+
+    let mut object = ElfObject::parse("cmdline", &bytes("cmdline", "0.post.o")).unwrap();
+    object.sections[1].align = 1 << 40;
+    let err = object.write("patch").unwrap_err().to_string();
+    assert!(err.contains("is not a power of two of at most"), "{err}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
 

@@ -213,7 +213,7 @@ impl Extractor<'_> {
         self.carved_symbol.insert(q, out_symbol);
         self.carved.entry(section).or_default().push(Carved {
             start: sym.value,
-            end: sym.value + sym.size,
+            end: sym.value.saturating_add(sym.size),
             out_symbol,
         });
         Ok(())
@@ -221,7 +221,9 @@ impl Extractor<'_> {
 
     fn relocate_function(&mut self, q: usize) -> Result<(), Refusal> {
         let sym = self.post.symbols[q].clone();
-        let out_symbol = self.carved_symbol[&q];
+        let Some(&out_symbol) = self.carved_symbol.get(&q) else {
+            return Err(self.refuse(format!("{} was not carved before relocation", sym.name)));
+        };
         let SymSection::Section(out_section) = self.out.symbols[out_symbol].section else {
             return Ok(());
         };
@@ -291,7 +293,13 @@ impl Extractor<'_> {
                             && (is_private_constant(&sym.name) || sym.name.starts_with(".L"));
                         if is_new || constant {
                             self.copy_section(section)?;
-                            let out = self.copied_symbols[&symbol];
+                            let out =
+                                self.copied_symbols.get(&symbol).copied().ok_or_else(|| {
+                                    self.refuse(format!(
+                                        "{} in {} was not carried with its section",
+                                        sym.name, sec.name
+                                    ))
+                                })?;
                             return Ok((out, addend));
                         }
                         Ok((self.external(symbol)?, addend))

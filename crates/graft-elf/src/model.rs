@@ -172,6 +172,22 @@ pub struct ElfObject {
     pub e_flags: u32,
 }
 
+/// The largest section alignment accepted. Kernel objects align to a page at most; a larger
+/// value is damage, and writing it would reserve that much padding.
+pub const MAX_ALIGN: u64 = 1 << 20;
+
+/// The largest section accepted (4 GiB). Bounds the arithmetic of symbol values and places.
+pub const MAX_SECTION_SIZE: u64 = 1 << 32;
+
+/// The largest relocation addend accepted in magnitude (2^48). Kernel code adds section
+/// offsets and, at most, the distance to the kernel's virtual base; larger values are damage.
+pub const MAX_ADDEND: u64 = 1 << 48;
+
+/// Zero (no constraint) or a power of two no larger than [`MAX_ALIGN`].
+fn alignment_is_sane(align: u64) -> bool {
+    align == 0 || (align.is_power_of_two() && align <= MAX_ALIGN)
+}
+
 impl ElfObject {
     /// An empty object with only the null symbol.
     pub fn new() -> Self {
@@ -243,14 +259,26 @@ impl ElfObject {
                     .map_err(|e| bad(format!("section {name}: data out of bounds: {e}")))?
                     .to_vec()
             };
+            let align = sh.sh_addralign(endian);
+            if !alignment_is_sane(align) {
+                return Err(bad(format!(
+                    "section {name}: alignment {align:#x} is not a power of two of at most {MAX_ALIGN:#x}"
+                )));
+            }
+            let size = sh.sh_size(endian);
+            if size > MAX_SECTION_SIZE {
+                return Err(bad(format!(
+                    "section {name}: size {size:#x} is larger than any kernel object's ({MAX_SECTION_SIZE:#x})"
+                )));
+            }
             model_index[i] = Some(sections.len());
             sections.push(Section {
                 name,
                 kind,
                 flags: sh.sh_flags(endian),
-                align: sh.sh_addralign(endian),
+                align,
                 entsize: sh.sh_entsize(endian),
-                size: sh.sh_size(endian),
+                size,
                 data: content,
                 link: None,
                 info: sh.sh_info(endian),
@@ -294,14 +322,27 @@ impl ElfObject {
                     }
                 },
             };
+            let (value, size) = (sym.st_value(endian), sym.st_size(endian));
+            if let SymSection::Section(m) = section {
+                if value
+                    .checked_add(size)
+                    .is_none_or(|end| end > sections[m].size)
+                {
+                    return Err(bad(format!(
+                        "symbol {i} ({}) at {value:#x}+{size:#x} lies outside its section {}",
+                        String::from_utf8_lossy(name),
+                        sections[m].name
+                    )));
+                }
+            }
             symbols.push(Symbol {
                 name: String::from_utf8_lossy(name).into_owned(),
                 kind: sym.st_type(),
                 bind: sym.st_bind(),
                 other: sym.st_other(),
                 section,
-                value: sym.st_value(endian),
-                size: sym.st_size(endian),
+                value,
+                size,
             });
         }
         if symbols.is_empty() {
@@ -339,11 +380,23 @@ impl ElfObject {
                         "{name}: relocation refers to symbol {symbol}, past the table"
                     )));
                 }
+                let (offset, addend) = (rela.r_offset(endian), rela.r_addend(endian));
+                if offset >= sections[target].size {
+                    return Err(bad(format!(
+                        "{name}: relocation at {offset:#x} lies outside {}",
+                        sections[target].name
+                    )));
+                }
+                if addend.unsigned_abs() > MAX_ADDEND {
+                    return Err(bad(format!(
+                        "{name}: relocation at {offset:#x} has addend {addend:#x}, beyond any kernel address arithmetic"
+                    )));
+                }
                 relocs.push(Reloc {
-                    offset: rela.r_offset(endian),
+                    offset,
                     r_type: rela.r_type(endian, false),
                     symbol,
-                    addend: rela.r_addend(endian),
+                    addend,
                 });
             }
             sections[target].relocations.push(RelocSection {
@@ -394,6 +447,12 @@ impl ElfObject {
                     )));
                 }
             }
+        }
+        if let Some(s) = self.sections.iter().find(|s| !alignment_is_sane(s.align)) {
+            return Err(fail(format!(
+                "section {}: alignment {:#x} is not a power of two of at most {MAX_ALIGN:#x}",
+                s.name, s.align
+            )));
         }
         // ELF wants local symbols first; keep the model's order within each group.
         let mut order: Vec<usize> = (1..self.symbols.len())
