@@ -69,7 +69,41 @@ pub fn diff(pairs: &[CompiledPair], ctx: &Context) -> Result<Diffs, BuildError> 
         let names: Vec<&str> = pairs.iter().map(|p| p.unit.source.as_str()).collect();
         return Err(BuildError::NoEffectiveChange(names.join(", ")));
     }
+    refuse_unreachable_additions(&units, pairs, &callbacks)?;
     Ok(Diffs { units, callbacks })
+}
+
+/// A patch that only adds functions, with no replaced function and no callback to reach
+/// them, changes nothing that runs: refused rather than built as an empty live patch.
+fn refuse_unreachable_additions(
+    units: &[UnitDiff],
+    pairs: &[CompiledPair],
+    callbacks: &[Callback],
+) -> Result<(), BuildError> {
+    let included: Vec<(Verdict, &str)> = units
+        .iter()
+        .flat_map(|d| d.included())
+        .map(|f| (f.verdict, f.name.as_str()))
+        .collect();
+    match only_additions(&included, !callbacks.is_empty()) {
+        None => Ok(()),
+        Some(functions) => {
+            let units: Vec<&str> = pairs.iter().map(|p| p.unit.source.as_str()).collect();
+            Err(BuildError::Refused(vec![Refusal::OnlyNewFunctions {
+                units: units.join(", "),
+                functions,
+            }]))
+        }
+    }
+}
+
+/// The new functions, when they are all the patch includes and no callback runs.
+fn only_additions(included: &[(Verdict, &str)], callbacks: bool) -> Option<Vec<String>> {
+    let changed = included.iter().any(|(v, _)| *v == Verdict::Changed);
+    if changed || callbacks || included.is_empty() {
+        return None;
+    }
+    Some(included.iter().map(|(_, n)| n.to_string()).collect())
 }
 
 /// `GRAFT_ALWAYS_INCLUDE(function)`: replaced even when unchanged.
@@ -137,4 +171,31 @@ fn line_map(original: &Path, patched: &Path, touched: &[String]) -> LineMap {
         map.add_file(file, &old, &new);
     }
     map
+}
+
+#[cfg(test)]
+mod unreachable_tests {
+    use super::*;
+
+    /// Regression: dmaengine.c's fix of the 6.1.192 update only adds devm_dma_request_chan
+    /// (exported, called from other files of the update) and was "built" as a live patch
+    /// replacing nothing.
+    #[test]
+    fn a_patch_that_only_adds_functions_is_refused() {
+        let new = [
+            (Verdict::New, "devm_dma_request_chan"),
+            (Verdict::New, "dmaenginem_release_channel"),
+        ];
+        assert_eq!(
+            only_additions(&new, false),
+            Some(vec![
+                "devm_dma_request_chan".to_string(),
+                "dmaenginem_release_channel".to_string()
+            ])
+        );
+        // Reached from a replaced function, or run by a callback: a real patch.
+        let reached = [(Verdict::New, "helper"), (Verdict::Changed, "caller")];
+        assert_eq!(only_additions(&reached, false), None);
+        assert_eq!(only_additions(&new, true), None);
+    }
 }

@@ -46,7 +46,10 @@ pub fn check(patches: &[PatchFile], tree: &Path, touched: &[String]) -> Result<(
 }
 
 /// The `struct`/`union` whose member list holds line `index` (0-based), if any: the nearest
-/// line above that opens a definition, with no line closing one (`}` at column 0) between.
+/// definition at column 0 above it that is still open there, with no line closing one (`}` at
+/// column 0), no function and no initializer between. A definition nested inside a function
+/// body (`struct { ... } table[] = ...;` as a local variable) is the function's own business:
+/// the function is replaced whole, so it is no layout the running kernel holds objects of.
 fn enclosing_type(lines: &[&str], index: usize) -> Option<String> {
     let here = lines.get(index)?.trim();
     // A blank or comment line changes no member.
@@ -59,8 +62,17 @@ fn enclosing_type(lines: &[&str], index: usize) -> Option<String> {
         if line.starts_with('}') || line.starts_with("#define") {
             return None;
         }
-        if let Some(name) = opens_definition(line) {
-            return Some(name);
+        if let Some(kind) = opens_definition(line) {
+            let close = closing_line(lines, i);
+            if close.is_some_and(|c| c < index) {
+                // A definition that ended above the line: look further up.
+                continue;
+            }
+            if line.starts_with(char::is_whitespace) {
+                // Nested: the member of an outer type, or a local type of a function.
+                continue;
+            }
+            return Some(name_of(kind, close.and_then(|c| lines.get(c).copied())));
         }
         // A function body or an initializer is not a member list.
         if line.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
@@ -72,9 +84,80 @@ fn enclosing_type(lines: &[&str], index: usize) -> Option<String> {
     None
 }
 
-/// `struct seq_buf {` or `typedef union {` at column 0: the type's name (or `union` for an
-/// anonymous one).
-fn opens_definition(line: &str) -> Option<String> {
+/// The line that closes the braces opened on line `open`, counting braces outside string and
+/// character literals and `//` comments.
+fn closing_line(lines: &[&str], open: usize) -> Option<usize> {
+    let mut depth = 0i64;
+    for (i, line) in lines.iter().enumerate().skip(open) {
+        let mut quote: Option<char> = None;
+        let mut escaped = false;
+        let mut prev = '\0';
+        for c in line.chars() {
+            if let Some(q) = quote {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+                continue;
+            }
+            match c {
+                '"' | '\'' => quote = Some(c),
+                '/' if prev == '/' => break,
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Some(i);
+                    }
+                }
+                _ => {}
+            }
+            prev = c;
+        }
+    }
+    None
+}
+
+/// A definition's name: `struct seq_buf`, or for an anonymous one the typedef or variable its
+/// closing line declares (`struct (anonymous) pte_t`), or just its kind.
+fn name_of(kind: Definition, closing: Option<&str>) -> String {
+    match kind {
+        Definition {
+            kind,
+            name: Some(name),
+        } => format!("{kind} {name}"),
+        Definition { kind, name: None } => {
+            let declared = closing
+                .map(|l| {
+                    l.trim_start_matches('}')
+                        .trim()
+                        .trim_end_matches(';')
+                        .trim()
+                })
+                .and_then(|rest| {
+                    rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .rfind(|w| !w.is_empty() && !w.starts_with("__"))
+                });
+            match declared {
+                Some(d) => format!("{kind} (anonymous) {d}"),
+                None => kind.to_string(),
+            }
+        }
+    }
+}
+
+/// A line that opens a `struct` or `union` definition.
+#[derive(Debug, PartialEq, Eq)]
+struct Definition {
+    kind: &'static str,
+    name: Option<String>,
+}
+
+/// `struct seq_buf {` or `typedef union {`: the definition's kind and name.
+fn opens_definition(line: &str) -> Option<Definition> {
     let line = line.trim_end();
     if !line.ends_with('{') || line.contains('=') || line.contains('(') {
         return None;
@@ -82,15 +165,13 @@ fn opens_definition(line: &str) -> Option<String> {
     let body = line.trim_end_matches('{').trim();
     let body = body.strip_prefix("typedef ").unwrap_or(body);
     let mut words = body.split_whitespace();
-    let kind = words.next()?;
-    if kind != "struct" && kind != "union" {
-        return None;
-    }
-    let name = words.find(|w| !w.starts_with("__"));
-    Some(match name {
-        Some(n) => format!("{kind} {n}"),
-        None => kind.to_string(),
-    })
+    let kind = match words.next()? {
+        "struct" => "struct",
+        "union" => "union",
+        _ => return None,
+    };
+    let name = words.find(|w| !w.starts_with("__")).map(str::to_string);
+    Some(Definition { kind, name })
 }
 
 #[cfg(test)]
@@ -109,9 +190,40 @@ mod tests {
         assert_eq!(enclosing_type(&lines, 7), None);
         assert_eq!(enclosing_type(&lines, 10), None);
         assert_eq!(
-            opens_definition("typedef union {").as_deref(),
-            Some("union")
+            opens_definition("typedef union {"),
+            Some(Definition {
+                kind: "union",
+                name: None
+            })
         );
         assert_eq!(opens_definition("struct foo bar = {"), None);
+    }
+
+    /// Regression: intel_bios.c's fix changed lines of a function that declares a local
+    /// `struct { ... } panel_types[] = { ... };`, and was refused as changing "struct".
+    #[test]
+    fn a_local_struct_in_a_function_is_no_layout_change() {
+        let text = "static int get_panel_type(int x)\n{\n\tstruct {\n\t\tconst char *name;\n\t\tint panel_type;\n\t} panel_types[] = {\n\t\t[0] = { .name = \"{x\" },\n\t};\n\tif (x)\n\t\treturn 1;\n\treturn 0;\n}\n";
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(enclosing_type(&lines, 8), None);
+        assert_eq!(enclosing_type(&lines, 3), None);
+    }
+
+    /// Regression: a member of an anonymous typedef was refused as changing "struct", with no
+    /// name to act on.
+    #[test]
+    fn an_anonymous_type_is_named_by_what_it_declares() {
+        let text = "typedef struct {\n\tu64 a;\n\tunion {\n\t\tu32 b;\n\t};\n} __packed pebs_t;\n";
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            enclosing_type(&lines, 1).as_deref(),
+            Some("struct (anonymous) pebs_t")
+        );
+        // A member of a nested union belongs to the outer type.
+        assert_eq!(
+            enclosing_type(&lines, 3).as_deref(),
+            Some("struct (anonymous) pebs_t")
+        );
+        assert_eq!(closing_line(&lines, 0), Some(5));
     }
 }

@@ -175,6 +175,11 @@ pub fn resolve(
                 Binding::Exported => Resolution::Exported(ext.name.clone()),
                 Binding::Livepatch { object } => Resolution::Livepatch {
                     sympos: position(&object, &ext.name, input.proof).map_err(|e| match e {
+                        BuildError::Symbol(_)
+                            if !ext.local && absent(&object, &ext.name, input.proof) =>
+                        {
+                            BuildError::Symbol(undefined_global(&ext.unit, &ext.name, &object))
+                        }
                         BuildError::Symbol(msg) => {
                             BuildError::Symbol(format!("{}: {msg}", ext.unit))
                         }
@@ -255,6 +260,24 @@ fn callbacks(
         ));
     }
     Ok(by_object)
+}
+
+/// Whether `object`'s kallsyms lack `name` altogether.
+fn absent(object: &str, name: &str, proof: &RunPreProof) -> bool {
+    let table = if object == "vmlinux" {
+        Some(&proof.vmlinux)
+    } else {
+        proof.modules.get(object)
+    };
+    table.is_none_or(|t| t.lookup(name).is_empty())
+}
+
+/// Why a global the patch uses cannot be bound: the running kernel has no such symbol, and no
+/// module exports it. Typically a fix split out of a larger update whose other file adds it.
+fn undefined_global(unit: &str, name: &str, object: &str) -> String {
+    format!(
+        "{unit}: the patch uses {name}, which the running kernel does not define ({object} has no such symbol and no module exports it): the patch relies on code it does not carry; if it is one file of a split update, the file that adds {name} is another patch of that update: build them together"
+    )
 }
 
 /// The sympos of `name` in `object`: pinned by run-pre, else 0 when the name is unique.
@@ -362,5 +385,27 @@ mod tests {
         };
         let ambiguous = position("vmlinux", "dup", &proof).unwrap_err().to_string();
         assert!(ambiguous.contains("occurs 2 times"), "{ambiguous}");
+    }
+
+    /// A split update's file calling a function another file of the update adds
+    /// (virtio_transport_common.c calling vsock_check_source from af_vsock.c) was refused as
+    /// "inlined everywhere?"; it is a definition the patch does not carry.
+    #[test]
+    fn a_global_the_running_kernel_lacks_is_a_definition_the_patch_does_not_carry() {
+        let table = |text: &str| SymbolTable::from_kallsyms(Path::new("k"), text).unwrap();
+        let proof = RunPreProof {
+            function_sympos: HashMap::new(),
+            pins: HashMap::new(),
+            vmlinux: table("ffffffff81000020 T once\n"),
+            modules: BTreeMap::new(),
+        };
+        assert!(absent("vmlinux", "vsock_check_source", &proof));
+        assert!(absent("vsock", "vsock_check_source", &proof));
+        assert!(!absent("vmlinux", "once", &proof));
+        let why = undefined_global("net/vmw_vsock/x.c", "vsock_check_source", "vmlinux");
+        assert!(
+            why.contains("does not define") && why.contains("build them together"),
+            "{why}"
+        );
     }
 }

@@ -92,6 +92,24 @@ pub enum Refusal {
         /// The type (`struct seq_buf`).
         what: String,
     },
+    /// The patch adds functions but replaces none: nothing running would reach them.
+    #[error("{units}: the patch only adds functions ({}) and replaces none the running kernel runs, so nothing would call them; a function a live patch exports is no export of the running kernel: patch its callers with it (if it is one file of a split update, build it together with the files that call it)", name_list(functions))]
+    OnlyNewFunctions {
+        /// The units.
+        units: String,
+        /// The new functions.
+        functions: Vec<String>,
+    },
+    /// One file's change of an update that does not compile without another file's change.
+    #[error("{file}: not self-contained: with the update's headers, {needs} no longer compiles unchanged; the fix needs that file's change too ({patch}): build the patches together")]
+    NotSelfContained {
+        /// The file the patch is for.
+        file: String,
+        /// The unit that needs its own change.
+        needs: String,
+        /// The patch holding that change.
+        patch: String,
+    },
     /// Something graft does not know how to carry.
     #[error("{unit}: {what}")]
     Unsupported {
@@ -135,6 +153,8 @@ impl Refusal {
             Refusal::NotTraceable { unit, function } => e(unit, function, None, "changed but not traceable (no __fentry__: notrace or noinstr)", "change its traceable callers instead"),
             Refusal::ChangedExports { unit, symbols } => e(unit, &name_list(symbols), Some("__ksymtab"), "the CRCs of exported symbols change", "leave the declarations the unit sees unchanged"),
             Refusal::ChangedLayout { file, what } => e(file, what, None, "a structure's members change", "keep the layout; attach new data with a shadow variable"),
+            Refusal::OnlyNewFunctions { units, functions } => e(units, &name_list(functions), None, "only new functions, and no replaced function calls them", "patch their callers too"),
+            Refusal::NotSelfContained { file, needs, patch } => e(file, needs, None, "the change needs another file's change of the same update", &format!("build it together with {patch}")),
             Refusal::Unsupported { unit, what } => e(unit, what, None, "not supported", "change the patch as the message says"),
         }
     }

@@ -37,10 +37,11 @@ struct Row {
 }
 
 pub fn run(args: &BuildArgs, dir: &Path) -> anyhow::Result<ExitCode> {
-    let mut patches = patches_in(dir)?;
-    if let Some(n) = args.sample {
-        patches = sample(patches, n, args.seed);
-    }
+    let all = patches_in(dir)?;
+    let patches = match args.sample {
+        Some(n) => sample(patches_in(dir)?, n, args.seed),
+        None => patches_in(dir)?,
+    };
     let (target, cache) = target_and_cache(&args.kernel.target)?;
     let progress = crate::progress::for_output(true);
     let kernel = ensure_kernel(&cache, &target, &crate::progress::for_output(args.json))?;
@@ -93,6 +94,7 @@ pub fn run(args: &BuildArgs, dir: &Path) -> anyhow::Result<ExitCode> {
             result = graft_build::build(&cache, &kernel, &options, &progress);
             with_headers = true;
         }
+        let result = result.map_err(|e| needs_other_files(e, candidate, &all));
         let mut row = match result {
             Ok(report) => Row {
                 patch: stem.clone(),
@@ -240,6 +242,44 @@ fn print_row(row: &Row) {
 struct Candidate {
     patch: PathBuf,
     fallback: Option<PathBuf>,
+    /// The `.c` file the patch is for (from `report.json`).
+    file: Option<String>,
+}
+
+/// A patch whose build, with the update's headers, fails to compile another unit that the
+/// update itself changes (a prototype changed in the header, its definition in that unit) is
+/// not self-contained: refused with the files it needs, not reported as a tool failure.
+fn needs_other_files(
+    error: graft_build::BuildError,
+    candidate: &Candidate,
+    all: &[Candidate],
+) -> graft_build::BuildError {
+    let graft_build::BuildError::CompileFailed {
+        unit,
+        which: "patched",
+        ..
+    } = &error
+    else {
+        return error;
+    };
+    let other = candidate.file.as_deref() != Some(unit.as_str());
+    match all
+        .iter()
+        .find(|c| c.file.as_deref() == Some(unit.as_str()))
+    {
+        Some(needed) if other => {
+            graft_build::BuildError::Refused(vec![graft_build::RefusalReason::NotSelfContained {
+                file: candidate.file.clone().unwrap_or_default(),
+                needs: unit.clone(),
+                patch: needed
+                    .patch
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            }])
+        }
+        _ => error,
+    }
 }
 
 /// The patches of `dir`: `report.json`'s order when present, else `*.patch` by name.
@@ -261,6 +301,7 @@ fn patches_in(dir: &Path) -> anyhow::Result<Vec<Candidate>> {
                 Some(Candidate {
                     patch: dir.join(p["patch"].as_str()?),
                     fallback: p["fallback"].as_str().map(|f| dir.join(f)),
+                    file: p["file"].as_str().map(str::to_string),
                 })
             })
             .collect()
@@ -277,6 +318,7 @@ fn patches_in(dir: &Path) -> anyhow::Result<Vec<Candidate>> {
             .map(|patch| Candidate {
                 patch,
                 fallback: None,
+                file: None,
             })
             .collect()
     };
@@ -353,6 +395,39 @@ fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: mt7915's eeprom.c fix, built with the update's headers, failed compiling
+    /// mcu.c, whose own change (the new prototype's definition) is another patch of the update:
+    /// a refusal naming that patch, not a tool failure.
+    #[test]
+    fn a_split_patch_needing_another_files_change_is_not_self_contained() {
+        let candidate = |file: &str| Candidate {
+            patch: PathBuf::from(format!("{}.patch", file.replace('/', "-"))),
+            fallback: None,
+            file: Some(file.to_string()),
+        };
+        let all = [candidate("mt7915/eeprom.c"), candidate("mt7915/mcu.c")];
+        let failed = |unit: &str| graft_build::BuildError::CompileFailed {
+            unit: unit.to_string(),
+            which: "patched",
+            tail: "error: conflicting types".into(),
+        };
+        let refused = needs_other_files(failed("mt7915/mcu.c"), &all[0], &all);
+        assert_eq!(refused.outcome(), Outcome::Refused);
+        assert!(
+            refused.to_string().contains("mt7915-mcu.c.patch"),
+            "{refused}"
+        );
+        // The patch's own unit failing, or a unit the update does not change, stays a failure.
+        assert_eq!(
+            needs_other_files(failed("mt7915/eeprom.c"), &all[0], &all).outcome(),
+            Outcome::Failed
+        );
+        assert_eq!(
+            needs_other_files(failed("other.c"), &all[0], &all).outcome(),
+            Outcome::Failed
+        );
+    }
 
     #[test]
     fn samples_are_repeatable_and_in_order() {
