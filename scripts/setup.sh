@@ -8,6 +8,7 @@ packages=(
 	make gcc-12 binutils flex bison bc libelf-dev libssl-dev dwarves # preparing a kernel tree
 	patch # applying source patches in graft build
 	xz-utils kmod cpio # tests cross-check graft with the kernel's own scripts
+	postgresql # the fleet server's tests run its API on a real PostgreSQL (their own cluster)
 )
 
 missing=()

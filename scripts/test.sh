@@ -21,6 +21,11 @@ cargo test --workspace --locked --lib --bins
 cargo test --locked -p graft-build --test fixtures --test malformed
 cargo test --locked -p graft-host --test conflicts
 cargo test --locked -p graft-elf --test round_trip
+# The fleet on loopback: the agent against a real server, and the server's API on SQLite (the
+# slow tier runs the same suite on PostgreSQL too).
+cargo test --locked -p graft-agent --test fleet
+cargo test --locked -p graft --test fleet_cli
+cargo test --locked -p graft-server --test api -- --skip postgres
 $fast && exit 0
 # The slow tier: the real kernels, the archive, the lab.
 cargo test --workspace --locked --tests

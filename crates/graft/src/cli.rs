@@ -74,6 +74,20 @@ pub enum Command {
     Test(TestArgs),
     /// Show the whole path on a target: fetch, build a livepatch, watch it go live in a VM.
     Demo(DemoArgs),
+    /// The fleet, as an operator: hosts, kernels, streams of signed cumulative levels,
+    /// publishing and assigning them, tokens, the audit log.
+    Fleet(crate::fleet_cmd::FleetArgs),
+    /// The fleet's server: create its data directory, serve the API.
+    #[command(subcommand)]
+    Server(crate::server_cmd::ServerCommand),
+    /// The fleet, as a host: enroll, check in, verify and apply the level the fleet assigns.
+    ///
+    /// Each check-in asks for the desired state with the last ETag (an unchanged answer is a
+    /// 304), verifies a new level's signature against the keys pinned at enrollment (refusing
+    /// unsigned, tampered, expired or rolled-back metadata), checks the module's digest,
+    /// applies it with graft's transition watch and reversal, and reports the outcome. When
+    /// the server is away it keeps the host as it is and retries with jittered backoff.
+    Agent(crate::fleet_cmd::AgentArgs),
     /// Benchmarks: graft against the floor of what it must do, measured in one run.
     #[command(subcommand)]
     Bench(BenchCommand),

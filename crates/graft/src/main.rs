@@ -5,10 +5,12 @@ mod build_cmd;
 mod cli;
 mod demo_cmd;
 mod each_cmd;
+mod fleet_cmd;
 mod host_cmd;
 mod kernel_cmd;
 mod lab_cmd;
 mod progress;
+mod server_cmd;
 mod test_cmd;
 
 use std::process::ExitCode;
@@ -37,6 +39,9 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Bench(cli::BenchCommand::ApplyGuest(args)) => bench_cmd::apply_guest(args),
         cli::Command::Test(args) => test_cmd::run(args),
         cli::Command::Demo(args) => demo_cmd::run(&args.kernel.target),
+        cli::Command::Fleet(args) => fleet_cmd::run(&args),
+        cli::Command::Agent(args) => fleet_cmd::agent(&args),
+        cli::Command::Server(cmd) => server_cmd::run(&cmd),
         cli::Command::Apply(args) => host_cmd::apply(args),
         cli::Command::Revert(args) => host_cmd::revert(args),
         cli::Command::Status(args) => host_cmd::status(args, false),

@@ -1,0 +1,501 @@
+//! `graft agent`: a host's side of the fleet.
+//!
+//! One check-in ([`check_in`]) is a list of steps:
+//! 1. enroll, the first time, with a bootstrap token; pin the publisher keys the fleet names;
+//! 2. ask for the desired state with the last ETag (unchanged: a 304, nothing else happens);
+//! 3. when a level is wanted that is not the one applied: verify its signed metadata against
+//!    the pinned keys (signature, stream, expiry, no rollback), download the module and its
+//!    manifest by digest and check both, then apply through graft-host;
+//!    when no level is wanted, revert the level the agent applied;
+//! 4. report the inventory and every outcome not yet acknowledged.
+//!
+//! The agent never acts on what it cannot verify, and never reverts because the server is
+//! away: an unreachable server leaves the host as it is, and [`run`] retries with jittered
+//! exponential backoff so that a fleet coming back from an outage does not arrive at once.
+
+mod host;
+mod state;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use graft_client::{Client, ClientError};
+use graft_protocol::api::{Desired, EnrollRequest, Outcome, Report};
+use graft_protocol::trust::{self, TrustError};
+
+pub use host::{failed, ActionResult, Host, KernelHost};
+pub use state::{AgentState, AppliedLevel};
+
+/// Why the agent could not do its work.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The server (a transient failure is retried by [`run`]).
+    #[error(transparent)]
+    Server(#[from] ClientError),
+    /// The state file.
+    #[error("agent state {}: {reason}", path.display())]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Not enrolled and no token to enroll with.
+    #[error("this host is not enrolled (no {}): pass --enroll-token with a bootstrap token from `graft fleet token --role enroll`", path.display())]
+    NotEnrolled {
+        /// The state file.
+        path: PathBuf,
+    },
+    /// The kernel could not be read.
+    #[error("reading the running kernel: {0}")]
+    Kernel(String),
+    /// Enrolled with another server.
+    #[error("this host is enrolled with {enrolled}, not {asked}: remove {} to enroll again", path.display())]
+    OtherServer {
+        /// The server in the state.
+        enrolled: String,
+        /// The server asked for.
+        asked: String,
+        /// The state file.
+        path: PathBuf,
+    },
+}
+
+impl AgentError {
+    /// Worth retrying: the server is away, not refusing.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, AgentError::Server(e) if e.is_transient())
+    }
+}
+
+/// What the agent needs.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The server's URL.
+    pub server: String,
+    /// The fleet's CA certificate, for HTTPS.
+    pub ca: Option<PathBuf>,
+    /// A bootstrap token, for the first check-in.
+    pub enroll_token: Option<String>,
+    /// Where the agent keeps its state and downloaded modules.
+    pub state_dir: PathBuf,
+    /// The host's name.
+    pub hostname: String,
+    /// Labels to enroll with.
+    pub labels: BTreeMap<String, String>,
+    /// Time between check-ins.
+    pub interval: Duration,
+}
+
+/// What one check-in did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct CheckIn {
+    /// Enrolled in this check-in.
+    pub enrolled: bool,
+    /// The desired state was unchanged (a 304).
+    pub unchanged: bool,
+    /// What was done to the kernel: `applied level 2`, `refused level 3: ...`, ...
+    pub actions: Vec<String>,
+    /// Outcomes the server acknowledged.
+    pub reported: usize,
+}
+
+/// One check-in.
+pub fn check_in(
+    config: &AgentConfig,
+    host: &mut dyn Host,
+    now_ms: u64,
+) -> Result<CheckIn, AgentError> {
+    let mut done = CheckIn::default();
+    let kernel = host.kernel().map_err(AgentError::Kernel)?;
+    let mut state = enrolled(config, &kernel, &mut done)?;
+    let client =
+        Client::new(&config.server, config.ca.as_deref())?.with_secret(state.credential.clone());
+
+    // The desired state: an unchanged answer costs the server a comparison, not a write.
+    match client.desired(state.etag.as_deref())? {
+        None => done.unchanged = true,
+        Some((desired, etag)) => {
+            state.desired = Some(desired);
+            state.etag = etag;
+            state.save(&config.state_dir)?;
+        }
+    }
+    // A desired state that already failed or was refused is not tried again until it changes:
+    // a stalled transition is not re-run every interval.
+    let tried = state.etag.is_some() && state.failed_etag == state.etag;
+    if let Some(desired) = state.desired.clone().filter(|_| !tried) {
+        if let Some(action) = converge(&client, config, host, &mut state, &desired, now_ms)? {
+            done.actions.push(action);
+        }
+    }
+
+    // The report: the inventory and every outcome not yet acknowledged.
+    let mut inventory = host.inventory(state.kmsg_seq_at_apply);
+    inventory.level = state.applied.as_ref().map(|a| a.level);
+    let report = Report {
+        kernel,
+        inventory,
+        outcomes: state.pending.clone(),
+    };
+    client.report(&report)?;
+    done.reported = state.pending.len();
+    state.pending.clear();
+    state.save(&config.state_dir)?;
+    Ok(done)
+}
+
+/// The agent's state, enrolling first when there is none.
+fn enrolled(
+    config: &AgentConfig,
+    kernel: &graft_protocol::KernelId,
+    done: &mut CheckIn,
+) -> Result<AgentState, AgentError> {
+    if let Some(state) = AgentState::load(&config.state_dir)? {
+        if state.server != config.server {
+            return Err(AgentError::OtherServer {
+                enrolled: state.server,
+                asked: config.server.clone(),
+                path: AgentState::path(&config.state_dir),
+            });
+        }
+        return Ok(state);
+    }
+    let token = config
+        .enroll_token
+        .as_ref()
+        .ok_or_else(|| AgentError::NotEnrolled {
+            path: AgentState::path(&config.state_dir),
+        })?;
+    let client = Client::new(&config.server, config.ca.as_deref())?.with_secret(token.clone());
+    let admitted = client.enroll(&EnrollRequest {
+        hostname: config.hostname.clone(),
+        labels: config.labels.clone(),
+        kernel: kernel.clone(),
+    })?;
+    let state = AgentState {
+        server: config.server.clone(),
+        host_id: admitted.host_id,
+        credential: admitted.credential,
+        keys: admitted.keys,
+        ..Default::default()
+    };
+    state.save(&config.state_dir)?;
+    done.enrolled = true;
+    Ok(state)
+}
+
+/// Brings the kernel to the desired level; the action taken, if any.
+fn converge(
+    client: &Client,
+    config: &AgentConfig,
+    host: &mut dyn Host,
+    state: &mut AgentState,
+    desired: &Desired,
+    now_ms: u64,
+) -> Result<Option<String>, AgentError> {
+    let applied = state.applied.clone();
+    match (desired.level, &desired.signed, applied) {
+        (None, _, None) => Ok(None),
+        (None, _, Some(applied)) => {
+            let result = host.revert(&applied.module_name);
+            let action = format!("{} level {}", result.result, applied.level);
+            if result.done {
+                state.applied = None;
+            }
+            settle(
+                config,
+                state,
+                &desired.stream,
+                None,
+                &result,
+                now_ms,
+                "revert",
+            )?;
+            Ok(Some(action))
+        }
+        (Some(level), _, Some(applied))
+            if applied.level == level && applied.stream == desired.stream =>
+        {
+            Ok(None)
+        }
+        (Some(level), None, _) => {
+            let result = failed(format!(
+                "the server names level {level} without its signed metadata: refused"
+            ));
+            Ok(Some(refuse(config, state, desired, level, result, now_ms)?))
+        }
+        (Some(level), Some(signed), _) => {
+            let prepared = match prepare(client, config, state, desired, signed, now_ms) {
+                Ok(p) => p,
+                Err(Refused::Transient(e)) => return Err(e),
+                Err(Refused::Untrusted(why)) => {
+                    return Ok(Some(refuse(
+                        config,
+                        state,
+                        desired,
+                        level,
+                        failed(why),
+                        now_ms,
+                    )?))
+                }
+            };
+            let result = host.apply(&prepared.module);
+            let action = format!("{} level {level}", result.result);
+            if result.done {
+                state.applied = Some(AppliedLevel {
+                    stream: desired.stream.clone(),
+                    level,
+                    version: prepared.version,
+                    module_name: prepared.module_name,
+                });
+                state.kmsg_seq_at_apply = host.log_mark();
+            }
+            settle(
+                config,
+                state,
+                &desired.stream,
+                Some(level),
+                &result,
+                now_ms,
+                "apply",
+            )?;
+            Ok(Some(action))
+        }
+    }
+}
+
+/// A level refused before anything touched the kernel; recorded once per signed version.
+fn refuse(
+    config: &AgentConfig,
+    state: &mut AgentState,
+    desired: &Desired,
+    level: u32,
+    result: ActionResult,
+    now_ms: u64,
+) -> Result<String, AgentError> {
+    let mut result = result;
+    result.result = "refused".into();
+    result.done = false;
+    let why = result.message.clone().unwrap_or_default();
+    tracing::warn!(level, "{why}");
+    settle(
+        config,
+        state,
+        &desired.stream,
+        Some(level),
+        &result,
+        now_ms,
+        "refuse",
+    )?;
+    Ok(format!("refused level {level}: {why}"))
+}
+
+/// After an action: a failure is not retried until the desired state changes; the outcome
+/// waits for the next report; the state is saved before anything else happens.
+fn settle(
+    config: &AgentConfig,
+    state: &mut AgentState,
+    stream: &str,
+    level: Option<u32>,
+    result: &ActionResult,
+    now_ms: u64,
+    action: &str,
+) -> Result<(), AgentError> {
+    if !result.done {
+        state.failed_etag = state.etag.clone();
+    }
+    record(state, stream, level, result, now_ms, action);
+    state.save(&config.state_dir)
+}
+
+/// A verified module on disk.
+struct Prepared {
+    module: PathBuf,
+    module_name: String,
+    version: u64,
+}
+
+enum Refused {
+    Transient(AgentError),
+    Untrusted(String),
+}
+
+/// Verifies the signed metadata, downloads the module and its manifest, checks their digests
+/// and writes them where graft-host reads them.
+fn prepare(
+    client: &Client,
+    config: &AgentConfig,
+    state: &mut AgentState,
+    desired: &Desired,
+    signed: &trust::SignedLevel,
+    now_ms: u64,
+) -> Result<Prepared, Refused> {
+    let keys = state
+        .keys
+        .iter()
+        .map(|k| trust::verifying_key_from_hex(k))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Refused::Untrusted(format!("the pinned keys are unusable: {e}")))?;
+    let seen = state.seen_version.get(&desired.stream).copied();
+    let level = signed
+        .verify(&keys, &desired.stream, now_ms / 1000, seen)
+        .map_err(|e: TrustError| Refused::Untrusted(e.to_string()))?;
+    if Some(level.level) != desired.level {
+        return Err(Refused::Untrusted(format!(
+            "the server names level {:?} but the signed metadata is for level {}",
+            desired.level, level.level
+        )));
+    }
+    state
+        .seen_version
+        .insert(desired.stream.clone(), level.version);
+    let download = |sha: &str| {
+        client
+            .download(sha)
+            .map_err(|e| Refused::Transient(e.into()))
+    };
+    let module = download(&level.module_sha256)?;
+    trust::check_digest("the module", &module, &level.module_sha256)
+        .map_err(|e| Refused::Untrusted(e.to_string()))?;
+    let manifest = download(&level.manifest_sha256)?;
+    trust::check_digest("the manifest", &manifest, &level.manifest_sha256)
+        .map_err(|e| Refused::Untrusted(e.to_string()))?;
+    let dir = config.state_dir.join("modules");
+    let path = dir.join(format!("{}.ko", level.module_name));
+    let written = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&path, &module))
+        .and_then(|()| std::fs::write(graft_manifest::manifest_path(&path), &manifest));
+    written.map_err(|e| {
+        Refused::Transient(AgentError::State {
+            path: path.clone(),
+            reason: e.to_string(),
+        })
+    })?;
+    Ok(Prepared {
+        module: path,
+        module_name: level.module_name,
+        version: level.version,
+    })
+}
+
+/// Queues an outcome for the next report. Its id is derived from what it is about, so a
+/// report resent after an outage is stored once.
+fn record(
+    state: &mut AgentState,
+    stream: &str,
+    level: Option<u32>,
+    result: &ActionResult,
+    now_ms: u64,
+    action: &str,
+) {
+    let version = state.seen_version.get(stream).copied().unwrap_or(0);
+    let id = format!(
+        "{}-{action}-{}-{}",
+        state.host_id,
+        level.map_or("none".to_string(), |l| l.to_string()),
+        version
+    );
+    if state.pending.iter().any(|o| o.id == id) {
+        return;
+    }
+    state.pending.push(Outcome {
+        id,
+        level,
+        result: result.result.clone(),
+        transition_secs: result.transition_secs,
+        blockers: result.blockers.clone(),
+        message: result.message.clone(),
+        at_ms: now_ms,
+    });
+}
+
+/// Checks in every `interval` until `stop` says so (or once, with `once`). Transient failures
+/// are retried with jittered exponential backoff, capped at the interval; any other error
+/// ends the loop.
+pub fn run(
+    config: &AgentConfig,
+    host: &mut dyn Host,
+    once: bool,
+    stop: &dyn Fn() -> bool,
+    on_check_in: &mut dyn FnMut(&CheckIn),
+) -> Result<(), AgentError> {
+    let mut failures = 0u32;
+    loop {
+        match check_in(config, host, now_ms()) {
+            Ok(done) => {
+                failures = 0;
+                on_check_in(&done);
+                if once {
+                    return Ok(());
+                }
+                sleep_until(jittered(config.interval), stop);
+            }
+            Err(e) if e.is_transient() && !once => {
+                failures = failures.saturating_add(1);
+                let wait = backoff(failures, config.interval);
+                tracing::warn!("{e}; retrying in {:.1} s", wait.as_secs_f64());
+                sleep_until(wait, stop);
+            }
+            Err(e) => return Err(e),
+        }
+        if stop() {
+            return Ok(());
+        }
+    }
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The wait after `failures` consecutive failures: 1 s doubling, capped at `cap`, then spread
+/// over half to the whole of it so that hosts that failed together come back apart.
+pub fn backoff(failures: u32, cap: Duration) -> Duration {
+    let base = Duration::from_secs(1).saturating_mul(1u32 << failures.min(16).saturating_sub(1));
+    let ceiling = base.min(cap.max(Duration::from_secs(1)));
+    ceiling.mul_f64(0.5 + 0.5 * unit_random())
+}
+
+/// `interval` spread by ±10%.
+fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(0.9 + 0.2 * unit_random())
+}
+
+/// A uniform random number in [0, 1).
+fn unit_random() -> f64 {
+    use rand_core::RngCore as _;
+    (rand_core::OsRng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Sleeps for `total`, waking each 100 ms to see whether to stop.
+fn sleep_until(total: Duration, stop: &dyn Fn() -> bool) {
+    let end = std::time::Instant::now() + total;
+    while std::time::Instant::now() < end && !stop() {
+        std::thread::sleep(Duration::from_millis(100).min(end - std::time::Instant::now()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_and_is_spread() {
+        let cap = Duration::from_secs(60);
+        for failures in 1..30 {
+            let wait = backoff(failures, cap);
+            assert!(wait <= cap, "{failures}: {wait:?}");
+        }
+        let first = backoff(1, cap);
+        assert!(first >= Duration::from_millis(500) && first <= Duration::from_secs(1));
+        let waits: std::collections::BTreeSet<u128> =
+            (0..20).map(|_| backoff(10, cap).as_millis()).collect();
+        assert!(waits.len() > 1, "no spread: {waits:?}");
+        assert!(waits.iter().all(|&w| w >= 30_000), "{waits:?}");
+    }
+}

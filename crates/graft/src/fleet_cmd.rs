@@ -1,0 +1,435 @@
+//! `graft fleet` (operators) and `graft agent` (hosts): thin over graft-client and graft-agent.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use graft_client::Client;
+use graft_protocol::api::{Assign, HostFilter, NewToken};
+
+/// Where the fleet's server is, and who is asking.
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// The server: https://HOST:PORT (or http:// to a loopback address).
+    #[arg(long, env = "GRAFT_SERVER")]
+    pub server: String,
+    /// An operator token (viewer, operator or admin).
+    #[arg(
+        long,
+        env = "GRAFT_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// A file holding the token (`DIR/admin.token` from `graft server init`).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// The fleet's CA certificate for HTTPS (`DIR/ca.pem` from `graft server init`).
+    #[arg(long, env = "GRAFT_CA")]
+    pub ca: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: FleetCommand,
+}
+
+/// Operators' commands.
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Hosts, with filters.
+    Hosts {
+        /// Only hosts with this label (key=value).
+        #[arg(long)]
+        label: Option<String>,
+        /// Only hosts on this kernel (a release or a stream).
+        #[arg(long)]
+        kernel: Option<String>,
+        /// Only hosts reporting this level.
+        #[arg(long)]
+        level: Option<u32>,
+        /// healthy or unhealthy.
+        #[arg(long)]
+        health: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// The kernels the fleet runs: the targets to build for.
+    Kernels,
+    /// Streams (one per kernel build) and their latest levels; with STREAM, its levels.
+    Streams {
+        /// One stream.
+        stream: Option<String>,
+    },
+    /// Publish a livepatch module as the next level of its kernel's stream, signed here.
+    ///
+    /// The module's manifest (MODULE.json beside it) names the kernel, hence the stream. The
+    /// level is the stream's latest plus one unless given; each level must carry every patch
+    /// of the one before (atomic replace) unless --allow-dropped-patches.
+    #[command(
+        after_help = "Example: graft fleet --server https://127.0.0.1:8443 --ca ca.pem \
+--token-file admin.token publish fix.ko --signing-key publisher.key"
+    )]
+    Publish {
+        /// The module (OUT.ko from `graft build`).
+        module: PathBuf,
+        /// The publisher's private key (publisher.key from `graft server init`, kept off the
+        /// server).
+        #[arg(long)]
+        signing_key: PathBuf,
+        /// The level (default: the stream's latest plus one).
+        #[arg(long)]
+        level: Option<u32>,
+        /// Days until agents refuse the signed metadata.
+        #[arg(long, default_value_t = 30)]
+        expires_days: u64,
+        /// Allow a level that drops a patch of the level before it.
+        #[arg(long)]
+        allow_dropped_patches: bool,
+    },
+    /// Assign a level of a stream to its hosts (all, or those with a label).
+    Assign {
+        /// The stream.
+        #[arg(long)]
+        stream: String,
+        /// The level, or `none` to remove the live patch.
+        #[arg(long)]
+        level: String,
+        /// Only hosts with this label (key=value).
+        #[arg(long)]
+        selector: Option<String>,
+    },
+    /// Make a token: an operator's (viewer, operator, admin) or a bootstrap token hosts
+    /// enroll with (enroll). Shown once.
+    Token {
+        /// Who it is for.
+        #[arg(long)]
+        name: String,
+        /// viewer, operator, admin or enroll.
+        #[arg(long)]
+        role: String,
+    },
+    /// Revoke a host's credential.
+    Revoke {
+        /// The host's id.
+        host: String,
+    },
+    /// The audit log of operators' actions.
+    Audit,
+}
+
+/// `graft agent`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example: graft agent --server https://fleet:8443 --ca /etc/graft/ca.pem \
+--enroll-token $(cat enroll.token) --state-dir /var/lib/graft-agent --label ring=canary"
+)]
+pub struct AgentArgs {
+    /// The server: https://HOST:PORT (or http:// to a loopback address).
+    #[arg(long, env = "GRAFT_SERVER")]
+    pub server: String,
+    /// The fleet's CA certificate for HTTPS.
+    #[arg(long, env = "GRAFT_CA")]
+    pub ca: Option<PathBuf>,
+    /// A bootstrap token, needed only for the first check-in (enrollment).
+    #[arg(long, env = "GRAFT_ENROLL_TOKEN", hide_env_values = true)]
+    pub enroll_token: Option<String>,
+    /// Where the agent keeps its identity, pinned keys, last desired state and modules.
+    #[arg(long, default_value = "/var/lib/graft-agent")]
+    pub state_dir: PathBuf,
+    /// graft's host state directory (the journal of applies and reverts).
+    #[arg(long, default_value = "/var/lib/graft")]
+    pub graft_state: PathBuf,
+    /// A label to enroll with (key=value), repeatable.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// The host's name (default: the kernel's hostname).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Seconds between check-ins.
+    #[arg(long, default_value_t = 3600)]
+    pub interval: u64,
+    /// Seconds a transition may take before it is reversed.
+    #[arg(long, default_value_t = 60)]
+    pub transition_timeout: u64,
+    /// Check in once and exit (status 0 when the check-in succeeded).
+    #[arg(long)]
+    pub once: bool,
+    /// Print each check-in as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs an operator's command.
+pub fn run(args: &FleetArgs) -> anyhow::Result<ExitCode> {
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading the token file {}", f.display()))?
+            .trim()
+            .to_string(),
+        (None, None) => anyhow::bail!("no token: pass --token, --token-file or GRAFT_TOKEN"),
+    };
+    let client = Client::new(&args.server, args.ca.as_deref())?.with_secret(token);
+    match &args.command {
+        FleetCommand::Hosts {
+            label,
+            kernel,
+            level,
+            health,
+            limit,
+        } => {
+            let hosts = client.hosts(&HostFilter {
+                label: label.clone(),
+                kernel: kernel.clone(),
+                level: *level,
+                health: health.clone(),
+                limit: *limit,
+            })?;
+            print(args.json, &hosts, || {
+                let mut out = format!(
+                    "{:<34} {:<20} {:<30} {:>7} {:>5} {:<9}\n",
+                    "ID", "HOST", "KERNEL", "DESIRED", "LEVEL", "HEALTH"
+                );
+                for h in &hosts {
+                    out += &format!(
+                        "{:<34} {:<20} {:<30} {:>7} {:>5} {:<9}{}\n",
+                        h.id,
+                        h.hostname,
+                        h.kernel.release,
+                        level_text(h.desired),
+                        level_text(h.level),
+                        h.health,
+                        if h.revoked { " (revoked)" } else { "" }
+                    );
+                }
+                out
+            })
+        }
+        FleetCommand::Kernels => {
+            let kernels = client.kernels()?;
+            print(args.json, &kernels, || {
+                let mut out = format!("{:<44} {:>8} {:>7}\n", "STREAM", "HOSTS", "LATEST");
+                for k in &kernels {
+                    out += &format!(
+                        "{:<44} {:>8} {:>7}\n",
+                        k.stream,
+                        k.hosts,
+                        level_text(k.latest)
+                    );
+                }
+                out
+            })
+        }
+        FleetCommand::Streams { stream: None } => {
+            let streams = client.streams()?;
+            print(args.json, &streams, || {
+                let mut out = format!("{:<44} {:>8} {:>7}\n", "STREAM", "HOSTS", "LATEST");
+                for s in &streams {
+                    out += &format!(
+                        "{:<44} {:>8} {:>7}\n",
+                        s.stream,
+                        s.hosts,
+                        level_text(s.latest)
+                    );
+                }
+                out
+            })
+        }
+        FleetCommand::Streams { stream: Some(name) } => {
+            let stream = client.stream(name)?;
+            print(args.json, &stream, || {
+                let mut out = format!("{} ({} hosts)\n", stream.stream, stream.hosts);
+                for l in &stream.levels {
+                    out += &format!(
+                        "  level {:>3}  version {:<12} {}  {} patches  module {}\n",
+                        l.level,
+                        l.version,
+                        l.module_name,
+                        l.patches.len(),
+                        &l.module_sha256[..l.module_sha256.len().min(12)]
+                    );
+                }
+                out
+            })
+        }
+        FleetCommand::Publish {
+            module,
+            signing_key,
+            level,
+            expires_days,
+            allow_dropped_patches,
+        } => publish(
+            &client,
+            args.json,
+            module,
+            signing_key,
+            *level,
+            *expires_days,
+            *allow_dropped_patches,
+        ),
+        FleetCommand::Assign {
+            stream,
+            level,
+            selector,
+        } => {
+            let level = match level.as_str() {
+                "none" => None,
+                n => Some(
+                    n.parse::<u32>()
+                        .with_context(|| format!("--level {n}: a level number or `none`"))?,
+                ),
+            };
+            let assigned = client.assign(&Assign {
+                stream: stream.clone(),
+                level,
+                selector: selector.clone(),
+            })?;
+            print(args.json, &assigned, || {
+                format!(
+                    "{} hosts of {stream} now want level {}\n",
+                    assigned.hosts,
+                    level_text(level)
+                )
+            })
+        }
+        FleetCommand::Token { name, role } => {
+            let made = client.new_token(&NewToken {
+                name: name.clone(),
+                role: role.clone(),
+            })?;
+            print(args.json, &made, || format!("{}\n", made.token))
+        }
+        FleetCommand::Revoke { host } => {
+            let view = client.revoke(host)?;
+            print(args.json, &view, || {
+                format!("revoked {} ({})\n", view.id, view.hostname)
+            })
+        }
+        FleetCommand::Audit => {
+            let entries = client.audit()?;
+            print(args.json, &entries, || {
+                entries
+                    .iter()
+                    .map(|e| format!("{} {:<16} {:<60} {}\n", e.at_ms, e.who, e.what, e.result))
+                    .collect()
+            })
+        }
+    }
+}
+
+fn publish(
+    client: &Client,
+    json: bool,
+    module: &std::path::Path,
+    signing_key: &std::path::Path,
+    level: Option<u32>,
+    expires_days: u64,
+    allow_dropped_patches: bool,
+) -> anyhow::Result<ExitCode> {
+    let key_text = std::fs::read_to_string(signing_key)
+        .with_context(|| format!("reading the signing key {}", signing_key.display()))?;
+    let key = graft_protocol::trust::signing_key_from_hex(&key_text)
+        .with_context(|| format!("{}", signing_key.display()))?;
+    let now = graft_agent::now_ms() / 1000;
+    // The next level and a version above every earlier one: what the stream has so far.
+    let draft = graft_client::publish::prepare(module, &key, 1, now, now, allow_dropped_patches)?;
+    let (latest, last_version) = match client.stream(&draft.stream) {
+        Ok(s) => (s.latest, s.levels.iter().map(|l| l.version).max()),
+        Err(graft_client::ClientError::Api { status: 404, .. }) => (None, None),
+        Err(e) => return Err(e.into()),
+    };
+    let level = level.unwrap_or(latest.map_or(1, |l| l + 1));
+    let version = last_version.map_or(now, |v| (v + 1).max(now));
+    let expires = now + expires_days * 86_400;
+    let prepared = graft_client::publish::prepare(
+        module,
+        &key,
+        level,
+        version,
+        expires,
+        allow_dropped_patches,
+    )?;
+    let view = client.publish(&prepared.stream, &prepared.publish)?;
+    print(json, &view, || {
+        format!(
+            "published {} as level {} of {} (version {}, {} patches, expires in {expires_days} days)\n",
+            view.module_name,
+            view.level,
+            view.stream,
+            view.version,
+            view.patches.len()
+        )
+    })
+}
+
+/// Runs the agent.
+pub fn agent(args: &AgentArgs) -> anyhow::Result<ExitCode> {
+    let mut labels = BTreeMap::new();
+    for l in &args.labels {
+        let (k, v) = graft_protocol::api::parse_selector(l).map_err(anyhow::Error::msg)?;
+        labels.insert(k, v);
+    }
+    let hostname = match &args.hostname {
+        Some(h) => h.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into()),
+    };
+    let config = graft_agent::AgentConfig {
+        server: args.server.clone(),
+        ca: args.ca.clone(),
+        enroll_token: args.enroll_token.clone(),
+        state_dir: args.state_dir.clone(),
+        hostname,
+        labels,
+        interval: Duration::from_secs(args.interval.max(1)),
+    };
+    let limits = graft_host::TransitionLimits {
+        timeout: Duration::from_secs(args.transition_timeout),
+        ..Default::default()
+    };
+    let mut host = graft_agent::KernelHost::new(args.graft_state.clone(), limits);
+    let json = args.json;
+    graft_agent::run(&config, &mut host, args.once, &|| false, &mut |done| {
+        if json {
+            println!("{}", serde_json::to_string(done).unwrap_or_default());
+        } else {
+            let what = if done.actions.is_empty() {
+                if done.unchanged {
+                    "unchanged".to_string()
+                } else {
+                    "nothing to do".to_string()
+                }
+            } else {
+                done.actions.join("; ")
+            };
+            println!(
+                "graft agent: checked in{}: {what}",
+                if done.enrolled { " (enrolled)" } else { "" }
+            );
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn level_text(level: Option<u32>) -> String {
+    level.map_or("-".to_string(), |l| l.to_string())
+}
+
+fn print<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{}", text());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,225 @@
+//! `graft server`, `graft fleet` and `graft agent` as a user runs them: a server on loopback,
+//! an operator's token, a host enrolling with the real kernel it runs on, and the errors a
+//! user meets first. Offline: loopback only, no kernel cache, no QEMU.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a panic in a test is a failed assertion with a backtrace"
+)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+
+use common::{graft, run, run_json, text};
+
+/// A `graft server run` started by the test, stopped by its PID when dropped.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(data: &std::path::Path) -> Self {
+        let mut child = graft()
+            .args([
+                "server",
+                "run",
+                "--insecure-http",
+                "--listen",
+                "127.0.0.1:0",
+                "--data",
+            ])
+            .arg(data)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("the server exited before listening")
+                .unwrap();
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        // Keep draining the server's log so it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child, url }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM: the server stops gracefully, flushing what it holds.
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32);
+        if let Some(pid) = pid {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::Term);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_host_enrolls_and_the_operator_sees_it_with_its_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let made = run_json(
+        graft()
+            .args(["server", "init", "--json", "--data"])
+            .arg(&data),
+    );
+    assert!(
+        made["publisher_key_id"]
+            .as_str()
+            .is_some_and(|k| k.len() == 16),
+        "{made}"
+    );
+    // A second init refuses, changing nothing.
+    let again = graft()
+        .args(["server", "init", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains(&data.display().to_string()),
+        "{}",
+        text(&again.stderr)
+    );
+
+    let server = Server::start(&data);
+    let fleet = |args: &[&str]| {
+        let mut c = graft();
+        c.args(["fleet", "--server", &server.url, "--token-file"])
+            .arg(data.join("admin.token"))
+            .args(args);
+        c
+    };
+    let enroll = text(
+        &run(&mut fleet(&[
+            "token",
+            "--name",
+            "bootstrap",
+            "--role",
+            "enroll",
+        ]))
+        .stdout,
+    );
+    let state = dir.path().join("agent");
+    let checked = run_json(
+        graft()
+            .args([
+                "agent",
+                "--once",
+                "--json",
+                "--hostname",
+                "ci-host",
+                "--server",
+                &server.url,
+            ])
+            .args(["--enroll-token", enroll.trim(), "--state-dir"])
+            .arg(&state)
+            .arg("--graft-state")
+            .arg(dir.path().join("graft-state")),
+    );
+    assert_eq!(checked["enrolled"], true, "{checked}");
+
+    let hosts = run_json(&mut fleet(&["--json", "hosts"]));
+    let hosts = hosts.as_array().unwrap();
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(hosts[0]["hostname"], "ci-host");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(hosts[0]["kernel"]["release"], release.trim());
+    let kernels = run_json(&mut fleet(&["--json", "kernels"]));
+    assert_eq!(kernels[0]["hosts"], 1, "{kernels}");
+    let audit = run_json(&mut fleet(&["--json", "audit"]));
+    assert!(
+        audit.to_string().contains("bootstrap"),
+        "the token's creation is audited: {audit}"
+    );
+
+    // A wrong token, a role that does not exist: clear refusals, non-zero.
+    let wrong = graft()
+        .args(["fleet", "--server", &server.url, "--token", "nope", "hosts"])
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    assert!(
+        text(&wrong.stderr).contains("HTTP 401"),
+        "{}",
+        text(&wrong.stderr)
+    );
+    let role = fleet(&["token", "--name", "x", "--role", "root"])
+        .output()
+        .unwrap();
+    assert!(!role.status.success());
+    assert!(
+        text(&role.stderr).contains("root"),
+        "{}",
+        text(&role.stderr)
+    );
+}
+
+#[test]
+fn plain_http_away_from_loopback_is_refused_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    run(graft().args(["server", "init", "--data"]).arg(&data));
+    let server = graft()
+        .args([
+            "server",
+            "run",
+            "--insecure-http",
+            "--listen",
+            "0.0.0.0:0",
+            "--data",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!server.status.success());
+    assert!(
+        text(&server.stderr).contains("loopback"),
+        "{}",
+        text(&server.stderr)
+    );
+    let client = graft()
+        .args([
+            "fleet",
+            "--server",
+            "http://192.0.2.1:8080",
+            "--token",
+            "t",
+            "hosts",
+        ])
+        .output()
+        .unwrap();
+    assert!(!client.status.success());
+    assert!(
+        text(&client.stderr).contains("loopback"),
+        "{}",
+        text(&client.stderr)
+    );
+    let agent = graft()
+        .args([
+            "agent",
+            "--once",
+            "--server",
+            "http://127.0.0.1:9",
+            "--state-dir",
+        ])
+        .arg(dir.path().join("agent"))
+        .output()
+        .unwrap();
+    assert!(!agent.status.success());
+    assert!(
+        text(&agent.stderr).contains("not enrolled"),
+        "{}",
+        text(&agent.stderr)
+    );
+}
