@@ -47,6 +47,9 @@ pub enum AgentError {
         /// The state file.
         path: PathBuf,
     },
+    /// Nothing to verify levels with.
+    #[error("the server named no publisher key at enrollment and none was pinned (--pin-key): this host could verify no level; enrollment abandoned")]
+    NoKeys,
     /// The kernel could not be read.
     #[error("reading the running kernel: {0}")]
     Kernel(String),
@@ -86,6 +89,9 @@ pub struct AgentConfig {
     pub labels: BTreeMap<String, String>,
     /// Time between check-ins.
     pub interval: Duration,
+    /// Publisher keys (hex) given out of band: pinned instead of the ones the server names at
+    /// enrollment, so that not even the first contact has to trust the server.
+    pub pinned_keys: Vec<String>,
 }
 
 /// What one check-in did.
@@ -174,11 +180,19 @@ fn enrolled(
         labels: config.labels.clone(),
         kernel: kernel.clone(),
     })?;
+    let keys = if config.pinned_keys.is_empty() {
+        admitted.keys
+    } else {
+        config.pinned_keys.clone()
+    };
+    if keys.is_empty() {
+        return Err(AgentError::NoKeys);
+    }
     let state = AgentState {
         server: config.server.clone(),
         host_id: admitted.host_id,
         credential: admitted.credential,
-        keys: admitted.keys,
+        keys,
         ..Default::default()
     };
     state.save(&config.state_dir)?;

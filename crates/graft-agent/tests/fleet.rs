@@ -184,6 +184,7 @@ fn agent(fleet: &Fleet, state: &Path, enroll: Option<String>) -> AgentConfig {
         hostname: "web1".into(),
         labels: BTreeMap::from([("ring".to_string(), "canary".to_string())]),
         interval: Duration::from_secs(1),
+        pinned_keys: Vec::new(),
     }
 }
 
@@ -291,19 +292,21 @@ fn an_agent_applies_the_signed_level_once_and_survives_restarts_and_outages() {
 }
 
 #[test]
-fn an_agent_refuses_a_level_its_pinned_keys_did_not_sign() {
+fn an_agent_refuses_a_level_its_pinned_key_did_not_sign() {
     let fleet = Fleet::start();
     let admin = fleet.admin();
     let (enroll, state, mut host) = newcomer(&admin);
-    let config = agent(&fleet, state.path(), Some(enroll));
-    graft_agent::check_in(&config, &mut host, graft_agent::now_ms()).unwrap();
-
-    // The host pinned another publisher than the one that signs this fleet's levels: as if the
-    // server had been replaced by one holding a different key.
-    let mut pinned = AgentState::load(state.path()).unwrap().unwrap();
+    // The host was given its publisher key out of band (--pin-key), and this server's levels
+    // are signed by another: as if the server had been replaced by one holding its own key.
     let other = graft_protocol::trust::generate_key();
-    pinned.keys = vec![hex::encode(other.verifying_key().as_bytes())];
-    pinned.save(state.path()).unwrap();
+    let mut config = agent(&fleet, state.path(), Some(enroll));
+    config.pinned_keys = vec![hex::encode(other.verifying_key().as_bytes())];
+    graft_agent::check_in(&config, &mut host, graft_agent::now_ms()).unwrap();
+    let pinned = AgentState::load(state.path()).unwrap().unwrap();
+    assert_eq!(
+        pinned.keys, config.pinned_keys,
+        "the pinned key, not the server's"
+    );
 
     fleet.publish(&kernel(), 1, &fleet.publisher_key()).unwrap();
     admin

@@ -152,8 +152,21 @@ impl Client {
         &self,
         etag: Option<&str>,
     ) -> Result<Option<(Desired, Option<String>)>, ClientError> {
+        self.desired_as(self.secret.as_deref(), etag)
+    }
+
+    /// [`Client::desired`] with another host's credential: one client (one connection pool)
+    /// speaking for many hosts, as the simulator does.
+    pub fn desired_as(
+        &self,
+        secret: Option<&str>,
+        etag: Option<&str>,
+    ) -> Result<Option<(Desired, Option<String>)>, ClientError> {
         let what = "the desired state";
-        let mut request = self.authorized(self.agent.get(self.url("/host/desired")));
+        let mut request = self.agent.get(self.url("/host/desired"));
+        if let Some(secret) = secret {
+            request = request.header("Authorization", format!("Bearer {secret}"));
+        }
         if let Some(tag) = etag {
             request = request.header("If-None-Match", tag);
         }

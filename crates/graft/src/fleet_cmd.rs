@@ -13,9 +13,10 @@ use graft_protocol::api::{Assign, HostFilter, NewToken};
 /// Where the fleet's server is, and who is asking.
 #[derive(Debug, Args)]
 pub struct FleetArgs {
-    /// The server: https://HOST:PORT (or http:// to a loopback address).
+    /// The server: https://HOST:PORT (or http:// to a loopback address). `simulate` starts
+    /// its own when none is given.
     #[arg(long, env = "GRAFT_SERVER")]
-    pub server: String,
+    pub server: Option<String>,
     /// An operator token (viewer, operator or admin).
     #[arg(
         long,
@@ -120,6 +121,36 @@ pub enum FleetCommand {
     },
     /// The audit log of operators' actions.
     Audit,
+    /// Measure the control plane: N simulated hosts enroll and check in with the real
+    /// protocol (ETag polls, as agents do), each once per interval at its own phase.
+    ///
+    /// Without --server it starts its own `graft server run` on loopback (SQLite in a
+    /// temporary directory, or --database). A benchmark: it reports check-ins per second
+    /// against the rate asked for, latency percentiles, errors, the server's memory and the
+    /// database's size; it asserts nothing.
+    #[command(
+        after_help = "Example: graft fleet simulate --hosts 100000 --interval 60 --duration 60 --json"
+    )]
+    Simulate {
+        /// Simulated hosts.
+        #[arg(long, default_value_t = 10_000)]
+        hosts: u64,
+        /// Seconds between a host's check-ins.
+        #[arg(long, default_value_t = 60.0)]
+        interval: f64,
+        /// Seconds to measure after enrollment.
+        #[arg(long, default_value_t = 60.0)]
+        duration: f64,
+        /// Worker threads, one connection each.
+        #[arg(long, default_value_t = 32)]
+        workers: usize,
+        /// Distinct kernel builds the hosts run.
+        #[arg(long, default_value_t = 4)]
+        kernels: u32,
+        /// With no --server: the PostgreSQL database its own server uses.
+        #[arg(long)]
+        database: Option<String>,
+    },
 }
 
 /// `graft agent`.
@@ -153,6 +184,10 @@ pub struct AgentArgs {
     /// Seconds between check-ins.
     #[arg(long, default_value_t = 3600)]
     pub interval: u64,
+    /// A publisher public key (hex, or a file holding it, e.g. publisher.pub) to pin at
+    /// enrollment instead of the keys the server names; repeatable.
+    #[arg(long = "pin-key")]
+    pub pin_keys: Vec<String>,
     /// Seconds a transition may take before it is reversed.
     #[arg(long, default_value_t = 60)]
     pub transition_timeout: u64,
@@ -166,15 +201,15 @@ pub struct AgentArgs {
 
 /// Runs an operator's command.
 pub fn run(args: &FleetArgs) -> anyhow::Result<ExitCode> {
-    let token = match (&args.token, &args.token_file) {
-        (Some(t), _) => t.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .with_context(|| format!("reading the token file {}", f.display()))?
-            .trim()
-            .to_string(),
-        (None, None) => anyhow::bail!("no token: pass --token, --token-file or GRAFT_TOKEN"),
-    };
-    let client = Client::new(&args.server, args.ca.as_deref())?.with_secret(token);
+    if let FleetCommand::Simulate { .. } = &args.command {
+        return simulate(args);
+    }
+    let server = args
+        .server
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("no server: pass --server URL or set GRAFT_SERVER"))?;
+    let token = token_of(args)?;
+    let client = Client::new(server, args.ca.as_deref())?.with_secret(token);
     match &args.command {
         FleetCommand::Hosts {
             label,
@@ -310,6 +345,7 @@ pub fn run(args: &FleetArgs) -> anyhow::Result<ExitCode> {
                 format!("revoked {} ({})\n", view.id, view.hostname)
             })
         }
+        FleetCommand::Simulate { .. } => simulate(args),
         FleetCommand::Audit => {
             let entries = client.audit()?;
             print(args.json, &entries, || {
@@ -320,6 +356,89 @@ pub fn run(args: &FleetArgs) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// The operator's token: --token (or GRAFT_TOKEN), or the file --token-file names.
+fn token_of(args: &FleetArgs) -> anyhow::Result<String> {
+    match (&args.token, &args.token_file) {
+        (Some(t), _) => Ok(t.clone()),
+        (None, Some(f)) => Ok(std::fs::read_to_string(f)
+            .with_context(|| format!("reading the token file {}", f.display()))?
+            .trim()
+            .to_string()),
+        (None, None) => anyhow::bail!("no token: pass --token, --token-file or GRAFT_TOKEN"),
+    }
+}
+
+/// `graft fleet simulate`.
+fn simulate(args: &FleetArgs) -> anyhow::Result<ExitCode> {
+    let FleetCommand::Simulate {
+        hosts,
+        interval,
+        duration,
+        workers,
+        kernels,
+        database,
+    } = &args.command
+    else {
+        anyhow::bail!("not a simulation");
+    };
+    let seconds = |what: &str, s: f64| {
+        if s.is_finite() && s > 0.0 && s < 1e6 {
+            Ok(Duration::from_secs_f64(s))
+        } else {
+            Err(anyhow::anyhow!("--{what} {s}: a number of seconds above 0"))
+        }
+    };
+    let config = graft_sim::SimConfig {
+        hosts: *hosts,
+        interval: seconds("interval", *interval)?,
+        duration: seconds("duration", *duration)?,
+        workers: *workers,
+        kernels: *kernels,
+    };
+    let scratch = tempfile::tempdir().context("making a directory for the simulation's server")?;
+    let own;
+    let target = match &args.server {
+        Some(url) => graft_sim::Target {
+            url: url.clone(),
+            token: token_of(args)?,
+            ca: args.ca.clone(),
+            pid: None,
+            database_file: None,
+            database_url: None,
+            database: "unknown".into(),
+        },
+        None => {
+            let exe = std::env::current_exe().context("finding the graft binary")?;
+            own = graft_sim::OwnServer::start(&exe, scratch.path(), database.as_deref())?;
+            own.target().clone()
+        }
+    };
+    let json = args.json;
+    let report = graft_sim::run(&config, &target, &|msg| {
+        if !json {
+            eprintln!("graft fleet simulate: {msg}");
+        }
+    })?;
+    print(json, &report, || {
+        format!(
+            "{} hosts every {:.0} s on {}: {:.0} check-ins/s of {:.0} asked ({}), p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {} errors; enrollment {:.0}/s; server {} MiB, database {} MiB\n",
+            report.hosts,
+            report.interval_s,
+            report.database,
+            report.checkins_per_s,
+            report.target_per_s,
+            if report.kept_up { "kept up" } else { "fell behind" },
+            report.p50_ms,
+            report.p99_ms,
+            report.max_ms,
+            report.errors,
+            report.enroll_per_s,
+            report.server_rss_mib.map_or("?".into(), |m| format!("{m:.0}")),
+            report.db_mib.map_or("?".into(), |m| format!("{m:.1}")),
+        )
+    })
 }
 
 fn publish(
@@ -388,6 +507,7 @@ pub fn agent(args: &AgentArgs) -> anyhow::Result<ExitCode> {
         hostname,
         labels,
         interval: Duration::from_secs(args.interval.max(1)),
+        pinned_keys: pinned_keys(&args.pin_keys)?,
     };
     let limits = graft_host::TransitionLimits {
         timeout: Duration::from_secs(args.transition_timeout),
@@ -415,6 +535,24 @@ pub fn agent(args: &AgentArgs) -> anyhow::Result<ExitCode> {
         }
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Each `--pin-key`: hex, or a file holding hex; checked to be a public key.
+fn pinned_keys(given: &[String]) -> anyhow::Result<Vec<String>> {
+    given
+        .iter()
+        .map(|k| {
+            let text = if std::path::Path::new(k).is_file() {
+                std::fs::read_to_string(k).with_context(|| format!("reading --pin-key {k}"))?
+            } else {
+                k.clone()
+            };
+            let text = text.trim().to_string();
+            graft_protocol::trust::verifying_key_from_hex(&text)
+                .with_context(|| format!("--pin-key {k}"))?;
+            Ok(text)
+        })
+        .collect()
 }
 
 fn level_text(level: Option<u32>) -> String {

@@ -223,3 +223,41 @@ fn plain_http_away_from_loopback_is_refused_on_both_sides() {
         text(&agent.stderr)
     );
 }
+
+/// The simulator speaks the real protocol: hosts enroll, check in once per interval, and
+/// every check-in after a host's first is a 304 (nothing changed). Correctness only; the
+/// figures are the benchmark's business.
+#[test]
+fn simulated_hosts_check_in_with_etags() {
+    let report = run_json(graft().args([
+        "fleet",
+        "simulate",
+        "--hosts",
+        "200",
+        "--interval",
+        "1",
+        "--duration",
+        "3",
+        "--workers",
+        "4",
+        "--json",
+    ]));
+    for key in [
+        "hosts",
+        "checkins_per_s",
+        "p50_ms",
+        "p99_ms",
+        "errors",
+        "server_rss_mib",
+        "db_mib",
+    ] {
+        assert!(report.get(key).is_some(), "{key} missing: {report}");
+    }
+    assert_eq!(report["hosts"], 200);
+    assert_eq!(report["errors"], 0, "{report}");
+    let checkins = report["checkins"].as_u64().unwrap();
+    let unchanged = report["not_modified"].as_u64().unwrap();
+    assert!(checkins >= 400, "{report}");
+    // Every host's first answer is a 200 with its ETag; the rest are 304s.
+    assert_eq!(checkins - unchanged, 200, "{report}");
+}

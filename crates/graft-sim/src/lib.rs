@@ -1,0 +1,395 @@
+//! `graft fleet simulate`: N simulated hosts speaking the real protocol to a real server.
+//!
+//! The steps:
+//! 1. a server: the one given, or a `graft server run` of its own on loopback (SQLite in a
+//!    temporary directory, or the PostgreSQL database given), a separate process so that its
+//!    memory is measured apart from the simulator's;
+//! 2. enrollment of every host (spread over a few kernel builds), through the real endpoint;
+//! 3. for the duration, each host checks in once per interval at its own phase, with the
+//!    ETag of its last answer, as the agent does; a pool of worker threads, each with one
+//!    keep-alive connection, speaks for its share of the hosts;
+//! 4. the measures: check-ins per second against the rate asked for, latency percentiles,
+//!    errors, the server's resident memory and the database's size.
+//!
+//! Hosts do not apply anything: the question is what the control plane sustains.
+
+mod server;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use graft_client::{Client, ClientError};
+use graft_protocol::api::{EnrollRequest, NewToken};
+use graft_protocol::KernelId;
+
+pub use server::OwnServer;
+
+/// Why a simulation could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The server refused or could not be reached during set-up.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The simulation's own server.
+    #[error("the simulation's server: {0}")]
+    Server(String),
+    /// A bad option.
+    #[error("{0}")]
+    Option(String),
+}
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Simulated hosts.
+    pub hosts: u64,
+    /// Each host checks in once per interval.
+    pub interval: Duration,
+    /// How long to measure after enrollment.
+    pub duration: Duration,
+    /// Worker threads (one connection each).
+    pub workers: usize,
+    /// Distinct kernel builds the hosts run.
+    pub kernels: u32,
+}
+
+/// Where the server is.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Its URL.
+    pub url: String,
+    /// An admin token (to make the bootstrap token).
+    pub token: String,
+    /// The fleet's CA for HTTPS.
+    pub ca: Option<PathBuf>,
+    /// The server's PID, when the simulation started it (for its memory).
+    pub pid: Option<u32>,
+    /// The SQLite database file, when known (for its size).
+    pub database_file: Option<PathBuf>,
+    /// The PostgreSQL database, when known (for its size, asked with `psql`).
+    pub database_url: Option<String>,
+    /// `sqlite` or `postgres`.
+    pub database: String,
+}
+
+/// What was measured.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SimReport {
+    /// Hosts simulated.
+    pub hosts: u64,
+    /// Seconds between a host's check-ins.
+    pub interval_s: f64,
+    /// Seconds measured.
+    pub duration_s: f64,
+    /// Check-ins per second the fleet asks for (hosts / interval).
+    pub target_per_s: f64,
+    /// Check-ins per second answered.
+    pub checkins_per_s: f64,
+    /// Check-ins answered.
+    pub checkins: u64,
+    /// Of which unchanged (304).
+    pub not_modified: u64,
+    /// Median latency.
+    pub p50_ms: f64,
+    /// 99th percentile latency.
+    pub p99_ms: f64,
+    /// Slowest.
+    pub max_ms: f64,
+    /// Failed requests.
+    pub errors: u64,
+    /// Enrollments per second.
+    pub enroll_per_s: f64,
+    /// The server's resident memory at the end (its own process only), MiB.
+    pub server_rss_mib: Option<f64>,
+    /// The database's size on disk, MiB (SQLite), when known.
+    pub db_mib: Option<f64>,
+    /// `sqlite` or `postgres`.
+    pub database: String,
+    /// Worker threads.
+    pub workers: usize,
+    /// Whether the server kept up: check-ins answered at 95% or more of the rate asked.
+    pub kept_up: bool,
+}
+
+/// One simulated host.
+struct SimHost {
+    credential: String,
+    etag: Option<String>,
+    /// Its check-in offset within the interval, in [0, 1).
+    phase: f64,
+}
+
+/// Runs the simulation against `target`.
+pub fn run(
+    config: &SimConfig,
+    target: &Target,
+    progress: &dyn Fn(&str),
+) -> Result<SimReport, SimError> {
+    if config.hosts == 0 || config.workers == 0 || config.kernels == 0 {
+        return Err(SimError::Option(
+            "--hosts, --workers and --kernels must be at least 1".into(),
+        ));
+    }
+    let admin = Client::new(&target.url, target.ca.as_deref())?.with_secret(target.token.clone());
+    let bootstrap = admin
+        .new_token(&NewToken {
+            name: "simulation".into(),
+            role: "enroll".into(),
+        })?
+        .token;
+
+    // Enrollment, spread over the workers.
+    progress(&format!("enrolling {} hosts", config.hosts));
+    let started = Instant::now();
+    let shares = enroll_all(config, target, &bootstrap)?;
+    let enroll_secs = started.elapsed().as_secs_f64();
+
+    // Check-ins, each worker for its share.
+    progress(&format!(
+        "{} check-ins per second for {:.0} s",
+        config.hosts as f64 / config.interval.as_secs_f64(),
+        config.duration.as_secs_f64()
+    ));
+    let errors = Arc::new(AtomicU64::new(0));
+    let not_modified = Arc::new(AtomicU64::new(0));
+    let begin = Instant::now() + Duration::from_millis(200);
+    let workers: Vec<_> = shares
+        .into_iter()
+        .map(|share| {
+            let client = Client::new(&target.url, target.ca.as_deref());
+            let errors = Arc::clone(&errors);
+            let not_modified = Arc::clone(&not_modified);
+            let (interval, duration) = (config.interval, config.duration);
+            std::thread::spawn(move || -> Result<Vec<u32>, ClientError> {
+                let client = client?;
+                Ok(check_in_loop(
+                    &client,
+                    share,
+                    begin,
+                    interval,
+                    duration,
+                    &errors,
+                    &not_modified,
+                ))
+            })
+        })
+        .collect();
+    let mut latencies: Vec<u32> = Vec::new();
+    for worker in workers {
+        let joined = worker
+            .join()
+            .map_err(|_| SimError::Server("a simulation worker panicked".into()))?;
+        latencies.extend(joined?);
+    }
+    let measured = begin
+        .elapsed()
+        .as_secs_f64()
+        .max(config.duration.as_secs_f64());
+
+    latencies.sort_unstable();
+    let checkins = latencies.len() as u64;
+    let target_per_s = config.hosts as f64 / config.interval.as_secs_f64();
+    let checkins_per_s = checkins as f64 / measured;
+    Ok(SimReport {
+        hosts: config.hosts,
+        interval_s: config.interval.as_secs_f64(),
+        duration_s: measured,
+        target_per_s,
+        checkins_per_s,
+        checkins,
+        not_modified: not_modified.load(Ordering::Relaxed),
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+        max_ms: latencies.last().map_or(0.0, |&us| f64::from(us) / 1000.0),
+        errors: errors.load(Ordering::Relaxed),
+        enroll_per_s: config.hosts as f64 / enroll_secs.max(1e-9),
+        server_rss_mib: target.pid.and_then(rss_mib),
+        db_mib: match (&target.database_file, &target.database_url) {
+            (Some(file), _) => Some(db_mib(file)),
+            (None, Some(url)) => postgres_mib(url),
+            (None, None) => None,
+        },
+        database: target.database.clone(),
+        workers: config.workers,
+        kept_up: checkins_per_s >= 0.95 * target_per_s,
+    })
+}
+
+/// Enrolls every host; returns each worker's share.
+fn enroll_all(
+    config: &SimConfig,
+    target: &Target,
+    bootstrap: &str,
+) -> Result<Vec<Vec<SimHost>>, SimError> {
+    let workers: Vec<_> = (0..config.workers)
+        .map(|w| {
+            let client =
+                Client::new(&target.url, target.ca.as_deref()).map(|c| c.with_secret(bootstrap));
+            let (hosts, workers, kernels) = (config.hosts, config.workers as u64, config.kernels);
+            std::thread::spawn(move || -> Result<Vec<SimHost>, ClientError> {
+                let client = client?;
+                let mut share = Vec::new();
+                for i in (w as u64..hosts).step_by(workers as usize) {
+                    let admitted = client.enroll(&EnrollRequest {
+                        hostname: format!("sim-{i}"),
+                        labels: [("ring".to_string(), ring(i).to_string())].into(),
+                        kernel: kernel(i % u64::from(kernels)),
+                    })?;
+                    share.push(SimHost {
+                        credential: admitted.credential,
+                        etag: None,
+                        phase: phase(i),
+                    });
+                }
+                share.sort_by(|a, b| a.phase.total_cmp(&b.phase));
+                Ok(share)
+            })
+        })
+        .collect();
+    let mut shares = Vec::new();
+    for worker in workers {
+        let share = worker
+            .join()
+            .map_err(|_| SimError::Server("an enrollment worker panicked".into()))??;
+        shares.push(share);
+    }
+    Ok(shares)
+}
+
+/// One worker: its hosts check in, each at its phase of every interval, until `duration` is
+/// over. Returns the latencies in microseconds.
+fn check_in_loop(
+    client: &Client,
+    mut hosts: Vec<SimHost>,
+    begin: Instant,
+    interval: Duration,
+    duration: Duration,
+    errors: &AtomicU64,
+    not_modified: &AtomicU64,
+) -> Vec<u32> {
+    let end = begin + duration;
+    let mut latencies = Vec::new();
+    for cycle in 0u32.. {
+        for host in hosts.iter_mut() {
+            let due = begin + interval.mul_f64(f64::from(cycle) + host.phase);
+            if due >= end {
+                return latencies;
+            }
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            let sent = Instant::now();
+            match client.desired_as(Some(&host.credential), host.etag.as_deref()) {
+                Ok(None) => {
+                    not_modified.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Some((_, tag))) => host.etag = tag,
+                Err(e) => {
+                    tracing::debug!("check-in failed: {e}");
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
+            let us = sent.elapsed().as_micros();
+            latencies.push(u32::try_from(us).unwrap_or(u32::MAX));
+        }
+    }
+    latencies
+}
+
+/// The kernel builds of the simulated fleet.
+pub fn kernel(k: u64) -> KernelId {
+    KernelId {
+        release: format!("6.1.0-{}-amd64", 50 + k),
+        build_id: format!("{:040x}", 0x5eed_0000_u64 + k),
+    }
+}
+
+/// Canary, early or main: a tenth, a fifth, the rest.
+fn ring(i: u64) -> &'static str {
+    match i % 10 {
+        0 => "canary",
+        1 | 2 => "early",
+        _ => "main",
+    }
+}
+
+/// A host's phase in [0, 1): a hash of its index, so phases spread evenly and repeatably.
+fn phase(i: u64) -> f64 {
+    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The `q` quantile of sorted microseconds, in milliseconds.
+fn percentile(sorted: &[u32], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
+    f64::from(sorted[index.min(sorted.len() - 1)]) / 1000.0
+}
+
+/// A process's resident memory, MiB.
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// A SQLite database's size with its write-ahead log, MiB.
+fn db_mib(file: &std::path::Path) -> f64 {
+    let size = |p: PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
+    let mut wal = file.as_os_str().to_owned();
+    wal.push("-wal");
+    (size(file.to_path_buf()) + size(PathBuf::from(wal))) as f64 / (1024.0 * 1024.0)
+}
+
+/// A PostgreSQL database's size, MiB, from `pg_database_size` through `psql`.
+fn postgres_mib(url: &str) -> Option<f64> {
+    let out = std::process::Command::new("psql")
+        .args([url, "-Atc", "SELECT pg_database_size(current_database())"])
+        .output()
+        .ok()?;
+    let bytes: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    Some(bytes / (1024.0 * 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_spread_over_the_interval() {
+        let phases: Vec<f64> = (0..10_000).map(phase).collect();
+        assert!(phases.iter().all(|p| (0.0..1.0).contains(p)));
+        // Each tenth of the interval gets about a tenth of the hosts.
+        for decile in 0..10 {
+            let n = phases
+                .iter()
+                .filter(|p| (**p * 10.0) as usize == decile)
+                .count();
+            assert!((800..1200).contains(&n), "decile {decile}: {n}");
+        }
+    }
+
+    #[test]
+    fn percentiles_of_sorted_latencies() {
+        let sorted: Vec<u32> = (1..=100).map(|ms| ms * 1000).collect();
+        assert_eq!(percentile(&sorted, 0.5), 51.0);
+        assert_eq!(percentile(&sorted, 0.99), 99.0);
+        assert_eq!(percentile(&[], 0.99), 0.0);
+    }
+}
