@@ -255,6 +255,11 @@ fn converge(
                     )?))
                 }
             };
+            tracing::info!(
+                "applying level {level} of {} ({})",
+                desired.stream,
+                prepared.module_name
+            );
             let result = host.apply(&prepared.module);
             let action = format!("{} level {level}", result.result);
             if result.done {

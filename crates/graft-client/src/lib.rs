@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use graft_protocol::api::{
     ApiError, Assign, Assigned, AuditEntry, Desired, EnrollRequest, EnrollResponse, HostFilter,
-    HostView, KernelView, LevelView, NewToken, Publish, Report, StreamView, TokenCreated,
+    HostView, KernelView, LevelView, NewToken, Outcome, Publish, Report, StreamView, TokenCreated,
 };
 use graft_protocol::API;
 use serde::de::DeserializeOwned;
@@ -228,6 +228,11 @@ impl Client {
         }
         let response = request.call().map_err(|e| self.unreachable(e))?;
         decode("the host list", response)
+    }
+
+    /// Every outcome a host reported, oldest first.
+    pub fn outcomes(&self, host: &str) -> Result<Vec<Outcome>, ClientError> {
+        self.get_json("the host's outcomes", &format!("/hosts/{host}/outcomes"))
     }
 
     /// Revokes a host's credential.

@@ -7,7 +7,9 @@
 //!
 //! - `ttyS0` is the kernel console, written to a log file on the host (the kernel log of the run);
 //! - `ttyS1` carries the script's output, streamed to the caller, and the guest init's markers:
-//!   one when the script starts (the guest booted) and one with the script's exit status.
+//!   one when the script starts (the guest booted) and one with the script's exit status;
+//! - `ttyS2` and `ttyS3`, when asked for, are bridged to sockets on the host's `127.0.0.1`
+//!   ([`bridge`]): the guest reaches host servers through them, and has no network device.
 //!
 //! Markers carry a per-run nonce so no script output can forge them. The outcome is thereby one
 //! of: the script's exit status; a kernel panic (QEMU exits through `panic=-1` + `-no-reboot`);
@@ -15,10 +17,12 @@
 //! stopping on its own. QEMU never outlives the run: it is killed on every exit path, and the
 //! kernel kills it if graft itself dies (`PR_SET_PDEATHSIG`).
 
+pub mod bridge;
 mod busybox;
 mod initramfs;
 mod run;
 
+pub use bridge::HostBridge;
 pub use initramfs::Initramfs;
 pub use run::{kill_with_parent, GuestFile, GuestModule, Lab, LabKernel, Outcome, RunSpec};
 

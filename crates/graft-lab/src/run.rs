@@ -66,6 +66,10 @@ pub struct RunSpec {
     /// `virtio_pci` and `virtio_blk` modules are loaded). They outlive the run, so two runs
     /// sharing one are a reboot of the same machine.
     pub disks: Vec<PathBuf>,
+    /// Host ports on `127.0.0.1` (each a [`crate::HostBridge`] or any listener) that the
+    /// guest's serial ports `/dev/ttyS2`, `/dev/ttyS3` connect to, in order: the guest's only
+    /// way to the host. At most two.
+    pub serial_bridges: Vec<u16>,
 }
 
 impl RunSpec {
@@ -82,6 +86,7 @@ impl RunSpec {
             boot_timeout: Duration::from_secs(120),
             memory_mib: 1024,
             disks: Vec::new(),
+            serial_bridges: Vec::new(),
         }
     }
 }
@@ -125,6 +130,8 @@ impl std::fmt::Debug for Lab {
 const QEMU: &str = "qemu-system-x86_64";
 /// How long held-back output may wait for the rest of a possible marker.
 const IDLE_FLUSH: Duration = Duration::from_millis(30);
+/// Serial ports left for bridges after the console and the protocol port (ISA has four).
+const MAX_BRIDGES: usize = 2;
 /// Kept logs of earlier runs; older ones are deleted.
 const KEPT_LOGS: usize = 50;
 
@@ -199,6 +206,18 @@ impl Lab {
                 "file={},format=raw,if=virtio,cache=writeback",
                 qemu_escape(disk)
             ));
+        }
+        if spec.serial_bridges.len() > MAX_BRIDGES {
+            return Err(LabError::Layout(format!(
+                "{} serial bridges asked for; a guest has {MAX_BRIDGES} serial ports to spare",
+                spec.serial_bridges.len()
+            )));
+        }
+        for (n, port) in spec.serial_bridges.iter().enumerate() {
+            command
+                .arg("-chardev")
+                .arg(format!("socket,id=bridge{n},host=127.0.0.1,port={port}"))
+                .args(["-serial", &format!("chardev:bridge{n}")]);
         }
         command
             .stdin(Stdio::null())

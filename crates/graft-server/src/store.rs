@@ -572,6 +572,29 @@ impl Store {
         row.as_ref().map(host_view).transpose()
     }
 
+    /// A host's outcomes as it reported them, oldest first; `None` if there is no such host.
+    pub async fn outcomes(&self, id: &str) -> Result<Option<Vec<Outcome>>, sqlx::Error> {
+        let known = sqlx::query("SELECT 1 FROM hosts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        if known.is_none() {
+            return Ok(None);
+        }
+        let rows =
+            sqlx::query("SELECT outcome FROM outcomes WHERE host_id = $1 ORDER BY at_ms, id")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                let text: String = r.try_get("outcome")?;
+                serde_json::from_str(&text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
     /// Revokes a host's credential; `false` if there is no such host.
     pub async fn revoke(&self, id: &str, now_ms: u64) -> Result<bool, sqlx::Error> {
         let done =

@@ -466,6 +466,21 @@ fn reports_are_idempotent(db: Db<'_>) {
         .json(200);
     assert_eq!(hosts.len(), 1);
     assert_eq!(hosts[0].last_outcome.as_deref(), Some("applied level 1"));
+    // An operator reads the outcomes as the host sent them, the resent one once.
+    let outcomes: Vec<Outcome> = http
+        .get(
+            &format!("/v1/hosts/{}/outcomes", host.host_id),
+            Some(&viewer),
+        )
+        .json(200);
+    assert_eq!(outcomes, report.outcomes);
+    http.get("/v1/hosts/no-such-host/outcomes", Some(&viewer))
+        .error(404, "not-found");
+    http.get(
+        &format!("/v1/hosts/{}/outcomes", host.host_id),
+        Some(&host.credential),
+    )
+    .error(403, "forbidden");
 
     // Limits, and who may report.
     let mut big = report.clone();
@@ -661,6 +676,7 @@ fn openapi_lists_every_path(db: Db<'_>) {
         ("post", "/v1/host/report"),
         ("get", "/v1/modules/{sha256}"),
         ("get", "/v1/hosts"),
+        ("get", "/v1/hosts/{id}/outcomes"),
         ("post", "/v1/hosts/{id}/revoke"),
         ("get", "/v1/kernels"),
         ("get", "/v1/streams"),

@@ -384,9 +384,39 @@ pub struct BuildArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct DemoArgs {
     #[command(flatten)]
     pub kernel: KernelArg,
+    #[command(subcommand)]
+    pub what: Option<DemoCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DemoCommand {
+    /// The fleet on real kernels: a server on 127.0.0.1 and three lab VMs running `graft agent`.
+    ///
+    /// The guests have no network device: each agent reaches the server through a serial port
+    /// QEMU bridges to 127.0.0.1 (`graft lab bridge`), with TLS end to end. The demo builds
+    /// three levels, publishes and assigns level 1 (every host applies it), shows a level with
+    /// a bad signature refused by the server and then, served by a compromised server, by every
+    /// agent (nothing loaded), publishes the cumulative level and kills the server while a host
+    /// applies it, restarts it, and checks that every host ends on it having loaded it once,
+    /// with every outcome reported. Exit status 0 when all of that held.
+    #[command(after_help = "Example: graft demo fleet --json > summary.json")]
+    Fleet(DemoFleetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoFleetArgs {
+    #[command(flatten)]
+    pub kernel: KernelArg,
+    /// How many lab hosts to boot (each a VM of 512 MiB).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=8))]
+    pub hosts: u16,
+    /// Narrate on stderr and print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Which kernel to work on.
@@ -544,6 +574,29 @@ pub enum LabCommand {
         after_help = "Examples:\n  graft lab run -- 'cat /proc/version'\n  graft lab run --module isofs -- 'modprobe isofs && lsmod'\n  graft lab run --file fix.ko:/root/fix.ko -- 'insmod /root/fix.ko'"
     )]
     Run(LabRunArgs),
+    /// Inside a lab guest: carry TCP connections made to the guest's 127.0.0.1:PORT over a
+    /// serial port to the host, until the host says to stop.
+    ///
+    /// A lab guest has no network device. A run given serial bridges connects the guest's
+    /// /dev/ttyS2 (and /dev/ttyS3) to sockets on the host's 127.0.0.1, and the host end opens
+    /// a connection to a host server (e.g. `graft server`) for each connection made here, so an
+    /// agent in the guest reaches the server at https://127.0.0.1:PORT. TLS runs end to end;
+    /// the bridge carries bytes as they are. Exit status: 0 when the host ended the bridge,
+    /// 1 when the serial line failed or closed.
+    #[command(
+        after_help = "Example, in a guest run by `graft demo fleet`:\n  graft lab bridge --port 8443 --device /dev/ttyS2 &\n  graft agent --server https://127.0.0.1:8443 --ca /root/ca.pem ..."
+    )]
+    Bridge(LabBridgeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LabBridgeArgs {
+    /// The guest's loopback port to listen on.
+    #[arg(long, value_name = "PORT")]
+    pub port: u16,
+    /// The serial port bridged to the host.
+    #[arg(long, value_name = "DEVICE", default_value = "/dev/ttyS2")]
+    pub device: PathBuf,
 }
 
 #[derive(Debug, Args)]

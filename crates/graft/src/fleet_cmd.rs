@@ -114,6 +114,11 @@ pub enum FleetCommand {
         #[arg(long)]
         role: String,
     },
+    /// Every outcome a host reported (apply, revert, refusal), oldest first.
+    Outcomes {
+        /// The host's id.
+        host: String,
+    },
     /// Revoke a host's credential.
     Revoke {
         /// The host's id.
@@ -339,6 +344,23 @@ pub fn run(args: &FleetArgs) -> anyhow::Result<ExitCode> {
             })?;
             print(args.json, &made, || format!("{}\n", made.token))
         }
+        FleetCommand::Outcomes { host } => {
+            let outcomes = client.outcomes(host)?;
+            print(args.json, &outcomes, || {
+                outcomes
+                    .iter()
+                    .map(|o| {
+                        format!(
+                            "{} {:<10} level {:<5} {}\n",
+                            o.at_ms,
+                            o.result,
+                            o.level.map_or("none".into(), |l| l.to_string()),
+                            o.message.as_deref().unwrap_or("")
+                        )
+                    })
+                    .collect()
+            })
+        }
         FleetCommand::Revoke { host } => {
             let view = client.revoke(host)?;
             print(args.json, &view, || {
@@ -454,26 +476,14 @@ fn publish(
         .with_context(|| format!("reading the signing key {}", signing_key.display()))?;
     let key = graft_protocol::trust::signing_key_from_hex(&key_text)
         .with_context(|| format!("{}", signing_key.display()))?;
-    let now = graft_agent::now_ms() / 1000;
-    // The next level and a version above every earlier one: what the stream has so far.
-    let draft = graft_client::publish::prepare(module, &key, 1, now, now, allow_dropped_patches)?;
-    let (latest, last_version) = match client.stream(&draft.stream) {
-        Ok(s) => (s.latest, s.levels.iter().map(|l| l.version).max()),
-        Err(graft_client::ClientError::Api { status: 404, .. }) => (None, None),
-        Err(e) => return Err(e.into()),
-    };
-    let level = level.unwrap_or(latest.map_or(1, |l| l + 1));
-    let version = last_version.map_or(now, |v| (v + 1).max(now));
-    let expires = now + expires_days * 86_400;
-    let prepared = graft_client::publish::prepare(
+    let view = publish_level(
+        client,
         module,
         &key,
         level,
-        version,
-        expires,
+        expires_days,
         allow_dropped_patches,
     )?;
-    let view = client.publish(&prepared.stream, &prepared.publish)?;
     print(json, &view, || {
         format!(
             "published {} as level {} of {} (version {}, {} patches, expires in {expires_days} days)\n",
@@ -484,6 +494,38 @@ fn publish(
             view.patches.len()
         )
     })
+}
+
+/// Signs `module` as the next level of its stream (or as `level`), with a version above every
+/// earlier one, and publishes it.
+pub fn publish_level(
+    client: &Client,
+    module: &std::path::Path,
+    key: &ed25519_dalek::SigningKey,
+    level: Option<u32>,
+    expires_days: u64,
+    allow_dropped_patches: bool,
+) -> anyhow::Result<graft_protocol::api::LevelView> {
+    let now = graft_agent::now_ms() / 1000;
+    // The next level and a version above every earlier one: what the stream has so far.
+    let draft = graft_client::publish::prepare(module, key, 1, now, now, allow_dropped_patches)?;
+    let (latest, last_version) = match client.stream(&draft.stream) {
+        Ok(s) => (s.latest, s.levels.iter().map(|l| l.version).max()),
+        Err(graft_client::ClientError::Api { status: 404, .. }) => (None, None),
+        Err(e) => return Err(e.into()),
+    };
+    let level = level.unwrap_or(latest.map_or(1, |l| l + 1));
+    let version = last_version.map_or(now, |v| (v + 1).max(now));
+    let expires = now + expires_days * 86_400;
+    let prepared = graft_client::publish::prepare(
+        module,
+        key,
+        level,
+        version,
+        expires,
+        allow_dropped_patches,
+    )?;
+    Ok(client.publish(&prepared.stream, &prepared.publish)?)
 }
 
 /// Runs the agent.

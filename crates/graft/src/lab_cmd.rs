@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use graft_lab::{GuestFile, Lab, RunSpec};
 
-use crate::cli::{LabCommand, LabRunArgs};
+use crate::cli::{LabBridgeArgs, LabCommand, LabRunArgs};
 use crate::kernel_cmd::{ensure_kernel, target_and_cache};
 
 /// The script ran past its timeout.
@@ -21,6 +21,24 @@ pub const EXIT_GUEST_FAILED: u8 = 126;
 pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
     match command {
         LabCommand::Run(args) => run_script(args),
+        LabCommand::Bridge(args) => bridge(&args),
+    }
+}
+
+/// The guest's end of a serial bridge.
+fn bridge(args: &LabBridgeArgs) -> anyhow::Result<ExitCode> {
+    let ended = graft_lab::bridge::serve_guest(args.port, &args.device).with_context(|| {
+        format!(
+            "bridging 127.0.0.1:{} over {}",
+            args.port,
+            args.device.display()
+        )
+    })?;
+    match ended {
+        graft_lab::bridge::Ended::Shutdown => Ok(ExitCode::SUCCESS),
+        graft_lab::bridge::Ended::LineClosed => {
+            anyhow::bail!("the serial line {} closed", args.device.display())
+        }
     }
 }
 

@@ -4,6 +4,7 @@ mod bench_cmd;
 mod build_cmd;
 mod cli;
 mod demo_cmd;
+mod demo_fleet;
 mod each_cmd;
 mod fleet_cmd;
 mod host_cmd;
@@ -38,7 +39,10 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Bench(cli::BenchCommand::Apply(args)) => bench_cmd::apply(args),
         cli::Command::Bench(cli::BenchCommand::ApplyGuest(args)) => bench_cmd::apply_guest(args),
         cli::Command::Test(args) => test_cmd::run(args),
-        cli::Command::Demo(args) => demo_cmd::run(&args.kernel.target),
+        cli::Command::Demo(args) => match &args.what {
+            None => demo_cmd::run(&args.kernel.target),
+            Some(cli::DemoCommand::Fleet(fleet)) => demo_fleet::run(fleet),
+        },
         cli::Command::Fleet(args) => fleet_cmd::run(&args),
         cli::Command::Agent(args) => fleet_cmd::agent(&args),
         cli::Command::Server(cmd) => server_cmd::run(&cmd),
@@ -83,6 +87,8 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, not in logs, pipes or a lab guest's port.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }

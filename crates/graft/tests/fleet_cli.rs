@@ -261,3 +261,29 @@ fn simulated_hosts_check_in_with_etags() {
     // Every host's first answer is a 200 with its ETag; the rest are 304s.
     assert_eq!(checkins - unchanged, 200, "{report}");
 }
+
+#[test]
+fn the_guest_bridge_names_a_serial_port_it_cannot_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("ttyS9");
+    let output = run(graft()
+        .args(["lab", "bridge", "--port", "8443", "--device"])
+        .arg(&missing));
+    assert!(!output.status.success());
+    let err = text(&output.stderr);
+    assert!(
+        err.contains("bridging 127.0.0.1:8443 over") && err.contains("ttyS9"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_fleet_demo_refuses_a_host_count_it_cannot_run() {
+    let output = run(graft().args(["demo", "fleet", "--hosts", "0"]));
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        text(&output.stderr).contains("--hosts"),
+        "{}",
+        text(&output.stderr)
+    );
+}

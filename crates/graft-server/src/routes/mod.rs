@@ -31,6 +31,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/host/report", post(host::report))
         .route("/v1/modules/{sha256}", get(host::module))
         .route("/v1/hosts", get(operator::hosts))
+        .route("/v1/hosts/{id}/outcomes", get(operator::outcomes))
         .route("/v1/hosts/{id}/revoke", post(operator::revoke))
         .route("/v1/kernels", get(operator::kernels))
         .route("/v1/streams", get(operator::streams))

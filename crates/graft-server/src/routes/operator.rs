@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::Json;
 use graft_protocol::api::{
     check_string, parse_selector, Assign, Assigned, AuditEntry, HostFilter, HostView, KernelView,
-    NewToken, Role, StreamView, TokenCreated,
+    NewToken, Outcome, Role, StreamView, TokenCreated,
 };
 
 use super::{audited, DEFAULT_LIST, MAX_LIST};
@@ -41,6 +41,22 @@ pub(crate) async fn hosts(
     }
     let limit = filter.limit.unwrap_or(DEFAULT_LIST).min(MAX_LIST);
     Ok(Json(state.store.hosts(&filter, label, limit).await?))
+}
+
+/// `GET /v1/hosts/{id}/outcomes`.
+pub(crate) async fn outcomes(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<Outcome>>, Failure> {
+    op.require(Role::Viewer)?;
+    check_string("host", &id).map_err(Failure::invalid)?;
+    state
+        .store
+        .outcomes(&id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| Failure::not_found(format!("no host {id}")))
 }
 
 /// `POST /v1/hosts/{id}/revoke`.
