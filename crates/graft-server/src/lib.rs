@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod auth;
+mod checkins;
 mod error;
 mod extract;
 mod init;
@@ -69,6 +70,10 @@ pub struct ServerConfig {
     pub allow_remote: bool,
     /// How often hosts' check-in times are written (what `last_seen_ms` is accurate to).
     pub last_seen_flush: Duration,
+    /// How stale, at most, the check-in answers this replica keeps in memory may be against
+    /// another replica's writes (its own writes are seen at once). Zero: checked at every
+    /// check-in.
+    pub checkin_cache: Duration,
 }
 
 impl ServerConfig {
@@ -81,6 +86,7 @@ impl ServerConfig {
             insecure_http: false,
             allow_remote: false,
             last_seen_flush: Duration::from_secs(5),
+            checkin_cache: Duration::from_secs(1),
         }
     }
 }
@@ -95,6 +101,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("insecure_http", &self.insecure_http)
             .field("allow_remote", &self.allow_remote)
             .field("last_seen_flush", &self.last_seen_flush)
+            .field("checkin_cache", &self.checkin_cache)
             .finish()
     }
 }
@@ -107,6 +114,7 @@ pub(crate) struct AppState(Arc<Shared>);
 pub(crate) struct Shared {
     pub store: Store,
     pub last_seen: Arc<LastSeen>,
+    pub checkins: checkins::CheckinCache,
 }
 
 impl std::ops::Deref for AppState {
@@ -236,6 +244,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let state = AppState(Arc::new(Shared {
         store: store.clone(),
         last_seen: last_seen.clone(),
+        checkins: checkins::CheckinCache::new(config.checkin_cache),
     }));
     let app = routes::router(state).into_make_service();
     let handle = axum_server::Handle::new();

@@ -51,8 +51,17 @@ impl Backend {
 }
 
 /// The migrations, oldest first.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "schema", include_str!("../migrations/0001_schema.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "schema", include_str!("../migrations/0001_schema.sql")),
+    (
+        2,
+        "generation",
+        include_str!("../migrations/0002_generation.sql"),
+    ),
+];
+
+/// Bumps the generation (see [`crate::checkins`]).
+const BUMP: &str = "UPDATE generation SET value = value + 1 WHERE id = 1";
 
 /// How long a request waits for a database connection before it answers 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -173,6 +182,19 @@ impl Store {
             Backend::Postgres => 16,
         };
         let pool = AnyPoolOptions::new()
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // In WAL mode a commit need not wait for the disk: the database stays
+                        // consistent after a crash, and what the last moments before a power
+                        // loss wrote is at most lost (agents resend unacknowledged outcomes).
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .max_connections(max)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect(url)
@@ -363,6 +385,14 @@ impl Store {
         Ok(desired)
     }
 
+    /// The generation of what check-ins answer (see [`crate::checkins`]).
+    pub async fn generation(&self) -> Result<i64, sqlx::Error> {
+        let row = sqlx::query("SELECT value FROM generation WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        row.try_get("value")
+    }
+
     /// The desired state of the host holding a credential: one query on the credential's
     /// unique index joined to the level's primary key.
     pub async fn desired(&self, credential_hash: &str) -> Result<Option<DesiredRow>, sqlx::Error> {
@@ -470,6 +500,7 @@ impl Store {
             .bind(&host.id)
             .execute(&mut *tx)
             .await?;
+            sqlx::query(BUMP).execute(&mut *tx).await?;
         }
         let inv = &report.inventory;
         let last_outcome = report
@@ -597,12 +628,15 @@ impl Store {
 
     /// Revokes a host's credential; `false` if there is no such host.
     pub async fn revoke(&self, id: &str, now_ms: u64) -> Result<bool, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
         let done =
             sqlx::query("UPDATE hosts SET revoked_ms = COALESCE(revoked_ms, $1) WHERE id = $2")
                 .bind(ms(now_ms))
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
+        sqlx::query(BUMP).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -757,6 +791,7 @@ impl Store {
         .bind(&new.published_by)
         .execute(&mut *tx)
         .await?;
+        sqlx::query(BUMP).execute(&mut *tx).await?;
         tx.commit().await
     }
 
@@ -788,6 +823,7 @@ impl Store {
             Some((name, value)) => {
                 let labelled =
                     "id IN (SELECT host_id FROM host_labels WHERE name = $3 AND value = $4)";
+                let mut tx = self.pool.begin().await?;
                 let done = sqlx::query(&format!(
                     "UPDATE hosts SET desired = $1 WHERE stream = $2 AND revoked_ms IS NULL AND {labelled} AND {differs}"
                 ))
@@ -795,8 +831,10 @@ impl Store {
                 .bind(stream)
                 .bind(&name)
                 .bind(&value)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
+                sqlx::query(BUMP).execute(&mut *tx).await?;
+                tx.commit().await?;
                 if done.rows_affected() > 0 {
                     return Ok(AssignResult::Changed(done.rows_affected()));
                 }
@@ -830,6 +868,7 @@ impl Store {
                     .bind(stream)
                     .execute(&mut *tx)
                     .await?;
+                sqlx::query(BUMP).execute(&mut *tx).await?;
                 tx.commit().await?;
                 Ok(AssignResult::Changed(done.rows_affected()))
             }

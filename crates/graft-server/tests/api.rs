@@ -19,6 +19,7 @@ use graft_protocol::api::{
     Outcome, Report, StreamView,
 };
 use graft_protocol::trust::{generate_key, verifying_key_from_hex};
+use graft_server::ServerConfig;
 use support::{kernel, levels_path, other_kernel, Db, Fleet, LevelParts};
 
 // ---- the suite --------------------------------------------------------------------------
@@ -888,8 +889,10 @@ fn replicas_share_one_database(db: Db<'_>) {
         .post("/v1/assignments", Some(&operator), &assign)
         .json(200);
     assert_eq!(done.hosts, 1);
-    for server in [&a, &b] {
-        let answer = server
+    // B wrote it: B answers it at once. A keeps answers in memory and sees B's write within
+    // its check-in cache's bound (the default, 1 s).
+    let ask = |server: &support::Server| {
+        server
             .http
             .request(
                 "GET",
@@ -898,9 +901,30 @@ fn replicas_share_one_database(db: Db<'_>) {
                 None,
                 &[("if-none-match", &tag)],
             )
-            .unwrap();
-        let d: Desired = answer.json(200);
-        assert_eq!(d.level, Some(1), "{}", server.http.base);
+            .unwrap()
+    };
+    let d: Desired = ask(&b).json(200);
+    assert_eq!(
+        d.level,
+        Some(1),
+        "the writing replica answered a stale state"
+    );
+    let bound = ServerConfig::new("unused", "127.0.0.1:0".parse().unwrap()).checkin_cache;
+    let deadline = std::time::Instant::now() + bound * 3;
+    loop {
+        let answer = ask(&a);
+        if answer.status == 200 {
+            let d: Desired = answer.json(200);
+            assert_eq!(d.level, Some(1));
+            break;
+        }
+        assert_eq!(answer.status, 304);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica A still answers the old state {:?} after B's write",
+            bound * 3
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     // The same tag from either replica.
     let tag_a = a

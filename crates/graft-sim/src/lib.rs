@@ -7,13 +7,15 @@
 //! 2. enrollment of every host (spread over a few kernel builds), through the real endpoint;
 //! 3. for the duration, each host checks in once per interval at its own phase, with the
 //!    ETag of its last answer, as the agent does; a pool of worker threads, each with one
-//!    keep-alive connection, speaks for its share of the hosts;
+//!    keep-alive connection, speaks for its share of the hosts (to a plain-HTTP loopback
+//!    server with requests written by hand, so the simulator itself costs little: [`wire`]);
 //! 4. the measures: check-ins per second against the rate asked for, latency percentiles,
 //!    errors, the server's resident memory and the database's size.
 //!
 //! Hosts do not apply anything: the question is what the control plane sustains.
 
 mod server;
+mod wire;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -162,10 +164,11 @@ pub fn run(
             let errors = Arc::clone(&errors);
             let not_modified = Arc::clone(&not_modified);
             let (interval, duration) = (config.interval, config.duration);
+            let url = target.url.clone();
             std::thread::spawn(move || -> Result<Vec<u32>, ClientError> {
-                let client = client?;
+                let mut wire = wire::Wire::for_server(&url, client?);
                 Ok(check_in_loop(
-                    &client,
+                    &mut wire,
                     share,
                     begin,
                     interval,
@@ -261,7 +264,7 @@ fn enroll_all(
 /// One worker: its hosts check in, each at its phase of every interval, until `duration` is
 /// over. Returns the latencies in microseconds.
 fn check_in_loop(
-    client: &Client,
+    wire: &mut wire::Wire,
     mut hosts: Vec<SimHost>,
     begin: Instant,
     interval: Duration,
@@ -282,11 +285,11 @@ fn check_in_loop(
                 std::thread::sleep(due - now);
             }
             let sent = Instant::now();
-            match client.desired_as(Some(&host.credential), host.etag.as_deref()) {
-                Ok(None) => {
+            match wire.desired(&host.credential, host.etag.as_deref()) {
+                Ok(wire::Answer::NotModified) => {
                     not_modified.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(Some((_, tag))) => host.etag = tag,
+                Ok(wire::Answer::Changed(tag)) => host.etag = tag,
                 Err(e) => {
                     tracing::debug!("check-in failed: {e}");
                     errors.fetch_add(1, Ordering::Relaxed);

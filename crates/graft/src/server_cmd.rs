@@ -45,6 +45,11 @@ pub enum ServerCommand {
         /// Listen on an address other than loopback (TLS only).
         #[arg(long)]
         allow_remote: bool,
+        /// Check-in answers are served from memory; this is how stale, at most, they may be
+        /// against another replica's writes (this replica's own are seen at once). 0: the
+        /// database's generation is read at every check-in.
+        #[arg(long, value_name = "MS", default_value_t = 1000)]
+        checkin_cache_ms: u64,
     },
 }
 
@@ -83,11 +88,13 @@ pub fn run(command: &ServerCommand) -> anyhow::Result<ExitCode> {
             database,
             insecure_http,
             allow_remote,
+            checkin_cache_ms,
         } => {
             let mut config = graft_server::ServerConfig::new(data.clone(), *listen);
             config.database = database.clone();
             config.insecure_http = *insecure_http;
             config.allow_remote = *allow_remote;
+            config.checkin_cache = std::time::Duration::from_millis(*checkin_cache_ms);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;

@@ -5,12 +5,12 @@ use axum::extract::State;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use graft_protocol::api::{Desired, Report};
 use graft_protocol::trust::SignedLevel;
 use sha2::{Digest, Sha256};
 
 use crate::auth::{authenticate, revoked_host, Credential, HostCaller, Reader};
+use crate::checkins::{Answer, Entry};
 use crate::error::Failure;
 use crate::extract::{Body, Path};
 use crate::store::{DesiredRow, Principal};
@@ -22,51 +22,75 @@ pub(crate) async fn desired(
     credential: Credential,
     headers: HeaderMap,
 ) -> Result<Response, Failure> {
-    // 1. One query: the host by its credential, joined to its desired level.
+    // 1. From memory while nothing changed (no query at all); else one indexed query, kept.
+    state.checkins.validate(&state.store).await?;
+    let entry = match state.checkins.get(&credential.0) {
+        Some(entry) => entry,
+        None => look_up(&state, &credential).await?,
+    };
+    if entry.revoked {
+        return Err(revoked_host(&entry.host_id));
+    }
+    // 2. The check-in time goes to the batch, not to the database.
+    state.last_seen.record(&entry.host_id, crate::now_ms());
+    // 3. Unchanged: 304, no body.
+    let tag = &entry.answer.tag;
+    let tag_header = HeaderValue::from_str(tag).map_err(|e| Failure::internal(e.to_string()))?;
+    if matches_tag(&headers, tag) {
+        return Ok((StatusCode::NOT_MODIFIED, [(ETAG, tag_header)]).into_response());
+    }
+    // 4. The level and the publisher's signed metadata, as stored.
+    Ok((
+        [
+            (ETAG, tag_header),
+            (CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+        ],
+        entry.answer.body.clone(),
+    )
+        .into_response())
+}
+
+/// The host holding `credential` and its answer, from the database: one query on the
+/// credential's unique index joined to the level's primary key; then kept in the cache.
+async fn look_up(state: &AppState, credential: &Credential) -> Result<Entry, Failure> {
+    let epoch = state.checkins.epoch();
     let Some(row) = state.store.desired(&credential.0).await? else {
         // Not a host: find out which answer fits (unknown, or a token of another kind).
-        return Err(match authenticate(&state, &credential).await? {
+        return Err(match authenticate(state, credential).await? {
             Principal::Host { id, .. } => Failure::unauthorized(format!("host {id} is unknown")),
             Principal::Token { .. } => Failure::forbidden(
                 "this endpoint is for hosts: use the host credential enrollment returned",
             ),
         });
     };
-    if row.revoked {
-        return Err(revoked_host(&row.host_id));
-    }
-    // 2. The check-in time goes to the batch, not to the database.
-    state.last_seen.record(&row.host_id, crate::now_ms());
-    // 3. Unchanged: 304, no body.
     let tag = etag(&row);
-    let tag_header = HeaderValue::from_str(&tag).map_err(|e| Failure::internal(e.to_string()))?;
-    if matches_tag(&headers, &tag) {
-        return Ok((StatusCode::NOT_MODIFIED, [(ETAG, tag_header)]).into_response());
-    }
-    // 4. The level and the publisher's signed metadata, as stored.
-    let (level, signed) = match row.level {
+    let (level, signed) = match &row.level {
         Some((level, _, signed)) => {
-            let signed: SignedLevel = serde_json::from_str(&signed).map_err(|e| {
+            let signed: SignedLevel = serde_json::from_str(signed).map_err(|e| {
                 tracing::error!(stream = row.stream, level, error = %e, "stored signed metadata is corrupt");
                 Failure::internal("stored level metadata is corrupt: see the server's log")
             })?;
-            (Some(level), Some(signed))
+            (Some(*level), Some(signed))
         }
         None => (None, None),
     };
-    let body = Desired {
-        stream: row.stream,
+    let body = serde_json::to_vec(&Desired {
+        stream: row.stream.clone(),
         level,
         signed,
-    };
-    Ok((
-        [
-            (ETAG, tag_header),
-            (CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-        ],
-        Json(body),
-    )
-        .into_response())
+    })
+    .map_err(|e| Failure::internal(e.to_string()))?;
+    Ok(state.checkins.put(
+        &credential.0,
+        epoch,
+        row.host_id,
+        row.revoked,
+        Answer {
+            tag,
+            body: body.into(),
+        },
+    ))
 }
 
 /// A strong tag of what `desired` answers, from database state only, so every replica gives
@@ -108,6 +132,10 @@ pub(crate) async fn report(
         .await?
         .ok_or_else(|| Failure::unauthorized(format!("host {} is unknown", host.id)))?;
     state.store.report(&row, &report, crate::now_ms()).await?;
+    if report.kernel != row.kernel {
+        // The host moved to another stream: its answer changed.
+        state.checkins.invalidate();
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

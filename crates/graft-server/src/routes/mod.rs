@@ -96,8 +96,11 @@ pub(crate) async fn audited<T>(
             Err(f) => f.audit_text(),
         },
     };
-    // Ids sort by time, so entries of one millisecond keep a stable order.
-    let id = format!("{:016x}{}", entry.at_ms, random_hex(8));
+    // Ids sort by time, then by the order this replica wrote them (entries of one millisecond
+    // keep the order they happened in); the random part keeps replicas' ids apart.
+    static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = format!("{:016x}{seq:012x}{}", entry.at_ms, random_hex(8));
     if let Err(e) = state.store.audit(&id, &entry).await {
         tracing::error!(error = %e, who = entry.who, what = entry.what, result = entry.result, "writing the audit log failed");
     } else {

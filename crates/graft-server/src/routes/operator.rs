@@ -68,7 +68,9 @@ pub(crate) async fn revoke(
     let what = format!("revoke host {id}");
     let result = async {
         op.require(Role::Admin)?;
-        if !state.store.revoke(&id, crate::now_ms()).await? {
+        let revoked = state.store.revoke(&id, crate::now_ms()).await?;
+        state.checkins.invalidate();
+        if !revoked {
             return Err(Failure::not_found(format!("no host {id}")));
         }
         state
@@ -150,11 +152,12 @@ pub(crate) async fn assign(
                 )));
             }
         }
-        match state
+        let assigned = state
             .store
             .assign(&assign.stream, assign.level, selector)
-            .await?
-        {
+            .await?;
+        state.checkins.invalidate();
+        match assigned {
             AssignResult::Changed(hosts) => Ok(Assigned { hosts }),
             AssignResult::NoMatch => Err(Failure::not_found(format!(
                 "no host on stream {} has the label {}: nothing was assigned",

@@ -73,6 +73,7 @@ async fn publish_checked(
         }
         other => other?,
     }
+    state.checkins.invalidate();
     Ok(LevelView {
         stream: new.stream,
         level: new.level,
