@@ -5,7 +5,9 @@
 //!    temporary directory, or the PostgreSQL database given), a separate process so that its
 //!    memory is measured apart from the simulator's;
 //! 2. enrollment of every host (spread over a few kernel builds), through the real endpoint;
-//! 3. for the duration, each host checks in once per interval at its own phase, with the
+//! 3. a first round in which each host checks in once, cold (a full answer from the database,
+//!    as after a server's start), measured apart; then, for the duration, each host checks in
+//!    once per interval at its own phase, with the
 //!    ETag of its last answer, as the agent does; a pool of worker threads, each with one
 //!    keep-alive connection, speaks for its share of the hosts (to a plain-HTTP loopback
 //!    server with requests written by hand, so the simulator itself costs little: [`wire`]);
@@ -113,6 +115,24 @@ pub struct SimReport {
     pub workers: usize,
     /// Whether the server kept up: check-ins answered at 95% or more of the rate asked.
     pub kept_up: bool,
+    /// The first round, measured apart: every host's first check-in after enrollment, a full
+    /// answer from the database (what a server's cold start costs too).
+    pub first_round: Round,
+}
+
+/// One round of check-ins, measured.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Round {
+    /// Seconds it took (at least one interval).
+    pub seconds: f64,
+    /// Check-ins per second.
+    pub checkins_per_s: f64,
+    /// Median latency.
+    pub p50_ms: f64,
+    /// 99th percentile latency.
+    pub p99_ms: f64,
+    /// Failed requests.
+    pub errors: u64,
 }
 
 /// One simulated host.
@@ -148,50 +168,32 @@ pub fn run(
     let shares = enroll_all(config, target, &bootstrap)?;
     let enroll_secs = started.elapsed().as_secs_f64();
 
-    // Check-ins, each worker for its share.
+    let rate = config.hosts as f64 / config.interval.as_secs_f64();
+    // 1. The first round: each host's first check-in, cold, at its phase of one interval.
     progress(&format!(
-        "{} check-ins per second for {:.0} s",
-        config.hosts as f64 / config.interval.as_secs_f64(),
+        "first round: {rate:.0} check-ins per second for {:.0} s",
+        config.interval.as_secs_f64()
+    ));
+    let first = measure(target, shares, config.interval, config.interval)?;
+    let first_round = Round {
+        seconds: first.seconds,
+        checkins_per_s: first.latencies.len() as f64 / first.seconds,
+        p50_ms: percentile(&first.latencies, 0.50),
+        p99_ms: percentile(&first.latencies, 0.99),
+        errors: first.errors,
+    };
+    // 2. The steady state: check-ins with the ETag of the last answer, for the duration.
+    progress(&format!(
+        "steady state: {rate:.0} check-ins per second for {:.0} s",
         config.duration.as_secs_f64()
     ));
-    let errors = Arc::new(AtomicU64::new(0));
-    let not_modified = Arc::new(AtomicU64::new(0));
-    let begin = Instant::now() + Duration::from_millis(200);
-    let workers: Vec<_> = shares
-        .into_iter()
-        .map(|share| {
-            let client = Client::new(&target.url, target.ca.as_deref());
-            let errors = Arc::clone(&errors);
-            let not_modified = Arc::clone(&not_modified);
-            let (interval, duration) = (config.interval, config.duration);
-            let url = target.url.clone();
-            std::thread::spawn(move || -> Result<Vec<u32>, ClientError> {
-                let mut wire = wire::Wire::for_server(&url, client?);
-                Ok(check_in_loop(
-                    &mut wire,
-                    share,
-                    begin,
-                    interval,
-                    duration,
-                    &errors,
-                    &not_modified,
-                ))
-            })
-        })
-        .collect();
-    let mut latencies: Vec<u32> = Vec::new();
-    for worker in workers {
-        let joined = worker
-            .join()
-            .map_err(|_| SimError::Server("a simulation worker panicked".into()))?;
-        latencies.extend(joined?);
-    }
-    let measured = begin
-        .elapsed()
-        .as_secs_f64()
-        .max(config.duration.as_secs_f64());
-
-    latencies.sort_unstable();
+    let steady = measure(target, first.shares, config.interval, config.duration)?;
+    let (measured, latencies, errors, not_modified) = (
+        steady.seconds,
+        steady.latencies,
+        steady.errors,
+        steady.not_modified,
+    );
     let checkins = latencies.len() as u64;
     let target_per_s = config.hosts as f64 / config.interval.as_secs_f64();
     let checkins_per_s = checkins as f64 / measured;
@@ -202,11 +204,11 @@ pub fn run(
         target_per_s,
         checkins_per_s,
         checkins,
-        not_modified: not_modified.load(Ordering::Relaxed),
+        not_modified,
         p50_ms: percentile(&latencies, 0.50),
         p99_ms: percentile(&latencies, 0.99),
         max_ms: latencies.last().map_or(0.0, |&us| f64::from(us) / 1000.0),
-        errors: errors.load(Ordering::Relaxed),
+        errors,
         enroll_per_s: config.hosts as f64 / enroll_secs.max(1e-9),
         server_rss_mib: target.pid.and_then(rss_mib),
         db_mib: match (&target.database_file, &target.database_url) {
@@ -217,6 +219,69 @@ pub fn run(
         database: target.database.clone(),
         workers: config.workers,
         kept_up: checkins_per_s >= 0.95 * target_per_s,
+        first_round,
+    })
+}
+
+/// What a measured stretch of check-ins gave.
+struct Measured {
+    shares: Vec<Vec<SimHost>>,
+    seconds: f64,
+    latencies: Vec<u32>,
+    errors: u64,
+    not_modified: u64,
+}
+
+/// Every worker checks in for its share for `duration`, each host at its phase of every
+/// interval; returns the hosts (with their new ETags) and what was measured.
+fn measure(
+    target: &Target,
+    shares: Vec<Vec<SimHost>>,
+    interval: Duration,
+    duration: Duration,
+) -> Result<Measured, SimError> {
+    let errors = Arc::new(AtomicU64::new(0));
+    let not_modified = Arc::new(AtomicU64::new(0));
+    let begin = Instant::now() + Duration::from_millis(200);
+    let workers: Vec<_> = shares
+        .into_iter()
+        .map(|mut share| {
+            let client = Client::new(&target.url, target.ca.as_deref());
+            let errors = Arc::clone(&errors);
+            let not_modified = Arc::clone(&not_modified);
+            let url = target.url.clone();
+            std::thread::spawn(move || -> Result<(Vec<SimHost>, Vec<u32>), ClientError> {
+                let mut wire = wire::Wire::for_server(&url, client?);
+                let latencies = check_in_loop(
+                    &mut wire,
+                    &mut share,
+                    begin,
+                    interval,
+                    duration,
+                    &errors,
+                    &not_modified,
+                );
+                Ok((share, latencies))
+            })
+        })
+        .collect();
+    let mut latencies: Vec<u32> = Vec::new();
+    let mut shares = Vec::new();
+    for worker in workers {
+        let (share, measured) = worker
+            .join()
+            .map_err(|_| SimError::Server("a simulation worker panicked".into()))??;
+        latencies.extend(measured);
+        shares.push(share);
+    }
+    latencies.sort_unstable();
+    Ok(Measured {
+        shares,
+        // A round that fell behind took longer than asked: the rate is over what it took.
+        seconds: begin.elapsed().as_secs_f64().max(duration.as_secs_f64()),
+        latencies,
+        errors: errors.load(Ordering::Relaxed),
+        not_modified: not_modified.load(Ordering::Relaxed),
     })
 }
 
@@ -265,7 +330,7 @@ fn enroll_all(
 /// over. Returns the latencies in microseconds.
 fn check_in_loop(
     wire: &mut wire::Wire,
-    mut hosts: Vec<SimHost>,
+    hosts: &mut [SimHost],
     begin: Instant,
     interval: Duration,
     duration: Duration,

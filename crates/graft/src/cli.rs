@@ -270,6 +270,44 @@ pub enum BenchCommand {
     /// The guest half of `graft bench apply` (runs inside the lab VM).
     #[command(hide = true)]
     ApplyGuest(BenchApplyGuestArgs),
+    /// Measure the rollout health gates on a seeded model of a fleet's kernel metrics: how
+    /// often an injected regression halts a rollout in its first wave (detection), and how
+    /// often a clean rollout is halted in any wave (false halts), over --runs seeded runs.
+    ///
+    /// Hosts differ from each other (log-normal levels per host) and from window to window,
+    /// and every treated host shows the patching spike while its patch goes live; the gates
+    /// are those a rollout uses: hard gates, then a one-sided Mann-Whitney U test per metric
+    /// against the control group with an effect-size floor, the patching window judged apart.
+    #[command(
+        after_help = "Example: graft bench gates --runs 200 --seed 1 --regression tcp_retransmits=2.0"
+    )]
+    Gates(BenchGatesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchGatesArgs {
+    /// Seeded runs of each case.
+    #[arg(long, default_value_t = 200)]
+    pub runs: u64,
+    /// The first run's seed (run k uses seed + k).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Hosts on the stream.
+    #[arg(long, default_value_t = 10_000)]
+    pub hosts: u64,
+    /// Cumulative wave shares, in percent, ending at 100.
+    #[arg(long, default_value = "1,5,25,100")]
+    pub waves: String,
+    /// The injected regression, METRIC=FACTOR on treated hosts' steady state (metrics:
+    /// tcp_retransmits, io_latency_ms, softirq_pct).
+    #[arg(long, default_value = "tcp_retransmits=2.0")]
+    pub regression: String,
+    /// Control hosts per treated host (at most the hosts not yet treated).
+    #[arg(long, default_value_t = 2)]
+    pub control_ratio: u64,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

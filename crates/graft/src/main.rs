@@ -1,6 +1,7 @@
 //! The `graft` command: parses arguments, runs the subcommand, maps failures to exit codes.
 
 mod bench_cmd;
+mod bench_gates;
 mod build_cmd;
 mod cli;
 mod demo_cmd;
@@ -38,6 +39,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Bench(cli::BenchCommand::Build(args)) => bench_cmd::run(args),
         cli::Command::Bench(cli::BenchCommand::Apply(args)) => bench_cmd::apply(args),
         cli::Command::Bench(cli::BenchCommand::ApplyGuest(args)) => bench_cmd::apply_guest(args),
+        cli::Command::Bench(cli::BenchCommand::Gates(args)) => bench_gates::run(&args),
         cli::Command::Test(args) => test_cmd::run(args),
         cli::Command::Demo(args) => match &args.what {
             None => demo_cmd::run(&args.kernel.target),
