@@ -39,6 +39,18 @@ pub trait Host {
     fn apply(&mut self, module: &Path) -> ActionResult;
     /// Reverts the patch `name`.
     fn revert(&mut self, name: &str) -> ActionResult;
+    /// The kernel's counters that health samples are rates of (`None`: not measured).
+    fn counters(&self) -> Option<crate::health::Counters> {
+        None
+    }
+    /// This boot's id (`/proc/sys/kernel/random/boot_id`): a new one means a reboot.
+    fn boot_id(&self) -> Option<String> {
+        None
+    }
+    /// The kernel kept a crash record of an earlier boot (pstore).
+    fn crash_records(&self) -> bool {
+        false
+    }
 }
 
 /// The real kernel, through graft-host.
@@ -124,6 +136,21 @@ impl Host for KernelHost {
 
     fn log_mark(&self) -> Option<u64> {
         graft_host::kmsg::last_seq().ok().flatten()
+    }
+
+    fn counters(&self) -> Option<crate::health::Counters> {
+        Some(crate::health::read(Path::new("/proc"), Path::new("/sys")))
+    }
+
+    fn boot_id(&self) -> Option<String> {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    }
+
+    fn crash_records(&self) -> bool {
+        crate::health::pstore_has_records(Path::new("/sys"))
     }
 
     fn apply(&mut self, module: &Path) -> ActionResult {

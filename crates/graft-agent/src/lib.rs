@@ -13,6 +13,7 @@
 //! away: an unreachable server leaves the host as it is, and [`run`] retries with jittered
 //! exponential backoff so that a fleet coming back from an outage does not arrive at once.
 
+pub mod health;
 mod host;
 mod state;
 
@@ -21,7 +22,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use graft_client::{Client, ClientError};
-use graft_protocol::api::{Desired, EnrollRequest, Outcome, Report};
+use graft_protocol::api::{Desired, EnrollRequest, HealthSample, Outcome, Report};
 use graft_protocol::trust::{self, TrustError};
 
 pub use host::{failed, ActionResult, Host, KernelHost};
@@ -116,6 +117,7 @@ pub fn check_in(
     let mut done = CheckIn::default();
     let kernel = host.kernel().map_err(AgentError::Kernel)?;
     let mut state = enrolled(config, &kernel, &mut done)?;
+    note_boot(host, &mut state);
     let client =
         Client::new(&config.server, config.ca.as_deref())?.with_secret(state.credential.clone());
 
@@ -140,16 +142,78 @@ pub fn check_in(
     // The report: the inventory and every outcome not yet acknowledged.
     let mut inventory = host.inventory(state.kmsg_seq_at_apply);
     inventory.level = state.applied.as_ref().map(|a| a.level);
+    let (health, counters) = sample(host, &state, !done.actions.is_empty(), now_ms);
     let report = Report {
         kernel,
         inventory,
         outcomes: state.pending.clone(),
+        health,
     };
     client.report(&report)?;
     done.reported = state.pending.len();
     state.pending.clear();
+    state.unclean_reboot = false;
+    if let Some(c) = counters {
+        state.counters = Some((now_ms, c));
+    }
     state.save(&config.state_dir)?;
     Ok(done)
+}
+
+/// A new boot since the last check-in: unclean if the agent was not stopped cleanly in the
+/// last one (or the kernel kept a crash record), which matters with a level applied.
+fn note_boot(host: &dyn Host, state: &mut AgentState) {
+    let Some(boot) = host.boot_id() else { return };
+    if state.boot_id.as_deref() == Some(boot.as_str()) {
+        return;
+    }
+    let rebooted = state.boot_id.is_some();
+    if rebooted && state.applied.is_some() && (!state.clean_stop || host.crash_records()) {
+        tracing::warn!("this host rebooted uncleanly with a level applied: reported to the fleet");
+        state.unclean_reboot = true;
+    }
+    state.boot_id = Some(boot);
+    state.clean_stop = false;
+    // Counters restart with the kernel: rates across the reboot mean nothing.
+    state.counters = None;
+}
+
+/// The health sample of the interval since the last report (none before a first reading),
+/// and the counters read now. `patching`: a level was applied or reverted in the interval.
+fn sample(
+    host: &dyn Host,
+    state: &AgentState,
+    patching: bool,
+    now_ms: u64,
+) -> (Option<HealthSample>, Option<health::Counters>) {
+    let now = host.counters();
+    let metrics = match (&state.counters, &now) {
+        (Some((_, before)), Some(after)) => health::rates(before, after),
+        _ => BTreeMap::new(),
+    };
+    let since = state.counters.as_ref().map(|(at, _)| *at);
+    if since.is_none() && !state.unclean_reboot {
+        return (None, now);
+    }
+    let sample = HealthSample {
+        at_ms: now_ms,
+        interval_ms: since.map_or(0, |at| now_ms.saturating_sub(at)),
+        level: state.applied.as_ref().map(|a| a.level),
+        patching,
+        unclean_reboot: state.unclean_reboot,
+        metrics,
+    };
+    (Some(sample), now)
+}
+
+/// Marks the agent stopped cleanly in this boot (the unit's ExecStop): the next boot is then
+/// not counted as an unclean reboot.
+pub fn mark_clean_stop(state_dir: &std::path::Path) -> Result<(), AgentError> {
+    let Some(mut state) = AgentState::load(state_dir)? else {
+        return Ok(());
+    };
+    state.clean_stop = true;
+    state.save(state_dir)
 }
 
 /// The agent's state, enrolling first when there is none.
@@ -516,5 +580,119 @@ mod tests {
             (0..20).map(|_| backoff(10, cap).as_millis()).collect();
         assert!(waits.len() > 1, "no spread: {waits:?}");
         assert!(waits.iter().all(|&w| w >= 30_000), "{waits:?}");
+    }
+
+    /// A kernel whose counters and boot the test sets.
+    struct Counting {
+        counters: health::Counters,
+        boot: String,
+        pstore: bool,
+    }
+
+    impl Host for Counting {
+        fn kernel(&self) -> Result<graft_protocol::KernelId, String> {
+            Err("not needed".into())
+        }
+        fn inventory(&self, _: Option<u64>) -> graft_protocol::api::Inventory {
+            Default::default()
+        }
+        fn log_mark(&self) -> Option<u64> {
+            None
+        }
+        fn apply(&mut self, _: &std::path::Path) -> ActionResult {
+            failed("not needed")
+        }
+        fn revert(&mut self, _: &str) -> ActionResult {
+            failed("not needed")
+        }
+        fn counters(&self) -> Option<health::Counters> {
+            Some(self.counters)
+        }
+        fn boot_id(&self) -> Option<String> {
+            Some(self.boot.clone())
+        }
+        fn crash_records(&self) -> bool {
+            self.pstore
+        }
+    }
+
+    fn applied() -> Option<AppliedLevel> {
+        Some(AppliedLevel {
+            stream: "s@1".into(),
+            level: 2,
+            version: 9,
+            module_name: "graft_fix2".into(),
+        })
+    }
+
+    #[test]
+    fn a_sample_is_the_rates_since_the_last_report_and_none_before_a_first_reading() {
+        let mut host = Counting {
+            counters: health::Counters {
+                tcp_out_segs: 1000,
+                cpu_total: 100,
+                ..Default::default()
+            },
+            boot: "b1".into(),
+            pstore: false,
+        };
+        let mut state = AgentState {
+            applied: applied(),
+            ..Default::default()
+        };
+        let (first, read) = sample(&host, &state, false, 1_000);
+        assert!(first.is_none(), "nothing to compare with yet");
+        state.counters = read.map(|c| (1_000, c));
+        host.counters.tcp_out_segs = 3000;
+        host.counters.tcp_retrans_segs = 10;
+        host.counters.cpu_total = 300;
+        host.counters.cpu_softirq = 4;
+        let (second, _) = sample(&host, &state, true, 61_000);
+        let second = second.unwrap();
+        assert_eq!(second.interval_ms, 60_000);
+        assert_eq!(second.level, Some(2));
+        assert!(second.patching);
+        assert_eq!(second.metrics["tcp_retransmits"], 5.0);
+        assert_eq!(second.metrics["softirq_pct"], 2.0);
+    }
+
+    #[test]
+    fn a_reboot_without_a_clean_stop_with_a_level_applied_is_unclean() {
+        let host = |boot: &str, pstore| Counting {
+            counters: Default::default(),
+            boot: boot.into(),
+            pstore,
+        };
+        // First boot seen: nothing to compare.
+        let mut state = AgentState {
+            applied: applied(),
+            ..Default::default()
+        };
+        note_boot(&host("b1", false), &mut state);
+        assert!(!state.unclean_reboot);
+        // Same boot: nothing.
+        note_boot(&host("b1", false), &mut state);
+        assert!(!state.unclean_reboot);
+        // A clean stop, then a new boot: clean.
+        state.clean_stop = true;
+        state.counters = Some((1, Default::default()));
+        note_boot(&host("b2", false), &mut state);
+        assert!(!state.unclean_reboot && !state.clean_stop);
+        assert!(state.counters.is_none(), "counters restart with the kernel");
+        // A new boot with no clean stop: unclean, and reported in a sample.
+        note_boot(&host("b3", false), &mut state);
+        assert!(state.unclean_reboot);
+        let (s, _) = sample(&host("b3", false), &state, false, 5);
+        assert!(s.unwrap().unclean_reboot);
+        // A clean stop but a crash record kept by the kernel: unclean too.
+        state.unclean_reboot = false;
+        state.clean_stop = true;
+        note_boot(&host("b4", true), &mut state);
+        assert!(state.unclean_reboot);
+        // No level applied: a reboot is no one's business.
+        let mut bare = AgentState::default();
+        note_boot(&host("b1", false), &mut bare);
+        note_boot(&host("b2", false), &mut bare);
+        assert!(!bare.unclean_reboot);
     }
 }

@@ -52,6 +52,20 @@ pub struct AgentState {
     /// Outcomes not yet acknowledged by the server.
     #[serde(default)]
     pub pending: Vec<Outcome>,
+    /// The kernel's counters at the last report, and when: the next health sample is the
+    /// rates since.
+    #[serde(default)]
+    pub counters: Option<(u64, crate::health::Counters)>,
+    /// The boot the agent last ran in.
+    #[serde(default)]
+    pub boot_id: Option<String>,
+    /// The agent was stopped cleanly in that boot (`graft agent --stopping`, the unit's
+    /// ExecStop): a new boot without it was an unclean reboot.
+    #[serde(default)]
+    pub clean_stop: bool,
+    /// An unclean reboot with a level applied, not yet reported.
+    #[serde(default)]
+    pub unclean_reboot: bool,
 }
 
 impl AgentState {

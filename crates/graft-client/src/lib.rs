@@ -274,6 +274,50 @@ impl Client {
         self.post_json("the new token", "/tokens", token)
     }
 
+    /// Starts a rollout.
+    pub fn start_rollout(
+        &self,
+        start: &graft_protocol::rollout::StartRollout,
+    ) -> Result<graft_protocol::rollout::RolloutView, ClientError> {
+        self.post_json("the rollout", "/rollouts", start)
+    }
+
+    /// Rollouts, newest first (without their decisions).
+    pub fn rollouts(&self) -> Result<Vec<graft_protocol::rollout::RolloutView>, ClientError> {
+        self.get_json("the rollout list", "/rollouts")
+    }
+
+    /// One rollout with its decisions.
+    pub fn rollout(&self, id: &str) -> Result<graft_protocol::rollout::RolloutView, ClientError> {
+        self.get_json(&format!("rollout {id}"), &format!("/rollouts/{id}"))
+    }
+
+    /// `pause`, `resume` or `abort` a rollout.
+    pub fn rollout_action(
+        &self,
+        id: &str,
+        action: &str,
+    ) -> Result<graft_protocol::rollout::RolloutView, ClientError> {
+        self.post_json(
+            &format!("the {action} of rollout {id}"),
+            &format!("/rollouts/{id}/{action}"),
+            &serde_json::json!({}),
+        )
+    }
+
+    /// Rolls a rollout back.
+    pub fn rollback(
+        &self,
+        id: &str,
+        rollback: &graft_protocol::rollout::Rollback,
+    ) -> Result<graft_protocol::rollout::RolloutView, ClientError> {
+        self.post_json(
+            &format!("the rollback of rollout {id}"),
+            &format!("/rollouts/{id}/rollback"),
+            rollback,
+        )
+    }
+
     /// The audit log.
     pub fn audit(&self) -> Result<Vec<AuditEntry>, ClientError> {
         self.get_json("the audit log", "/audit")

@@ -119,6 +119,13 @@ impl LoadedPatch {
     }
 }
 
+/// Whether a sysfs read failed because its object is gone: removed (`ENOENT`), or being
+/// removed while it was read (`ENODEV`: a livepatch's kobject after its unpatching finished,
+/// before its directory disappears).
+pub fn is_gone(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENODEV)
+}
+
 fn read_flag(path: &Path) -> io::Result<bool> {
     Ok(fs::read_to_string(path)?.trim() == "1")
 }
@@ -128,7 +135,7 @@ pub fn patch(name: &str) -> Result<Option<LoadedPatch>, HostError> {
     let dir = livepatch_dir()?.join(name);
     match read_patch(&dir, name) {
         Ok(p) => Ok(Some(p)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) if is_gone(&e) => Ok(None),
         Err(e) => Err(HostError::io("reading", dir, e)),
     }
 }
@@ -190,7 +197,7 @@ pub fn patches_in(dir: &Path, modules: &[LoadedModule]) -> Result<Vec<LoadedPatc
         let name = entry.file_name().to_string_lossy().into_owned();
         match read_patch(&entry.path(), &name) {
             Ok(p) => patches.push(p),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) if is_gone(&e) => {}
             Err(e) => return Err(HostError::io("reading", entry.path(), e)),
         }
     }
@@ -377,6 +384,15 @@ pub fn kernel_cmdline() -> Result<String, HostError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn enodev_from_a_patch_being_freed_counts_as_gone() {
+        // Reconciling a killed, stalled apply read a patch's `transition` while its kobject
+        // was being removed and failed with "No such device" instead of seeing it finished.
+        assert!(is_gone(&io::Error::from_raw_os_error(libc::ENODEV)));
+        assert!(is_gone(&io::Error::from(io::ErrorKind::NotFound)));
+        assert!(!is_gone(&io::Error::from_raw_os_error(libc::EACCES)));
+    }
 
     fn note(name: &[u8], kind: u32, desc: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();

@@ -167,6 +167,33 @@ pub struct Report {
     /// Actions since the last report that was accepted.
     #[serde(default)]
     pub outcomes: Vec<Outcome>,
+    /// What the host observed since its last report (absent from agents that do not measure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSample>,
+}
+
+/// What a host observed over one interval between two reports: what rollout gates compare.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HealthSample {
+    /// The interval's end, milliseconds since the epoch.
+    pub at_ms: u64,
+    /// Its length.
+    pub interval_ms: u64,
+    /// The level applied at its end.
+    pub level: Option<u32>,
+    /// A level was applied or reverted in it: its metrics are the patching window's.
+    #[serde(default)]
+    pub patching: bool,
+    /// The host came back from an unclean reboot (a panic, a hang, a power cut) since the
+    /// last report, with a level applied before it.
+    #[serde(default)]
+    pub unclean_reboot: bool,
+    /// Metrics over the interval, each oriented so that higher is worse:
+    /// `tcp_retransmits` (retransmitted segments per 1,000 sent), `io_latency_ms` (mean time
+    /// per completed block I/O), `softirq_pct` (share of CPU time in softirqs), and the
+    /// stream's probes as `probe:NAME`.
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
 }
 
 /// An operator publishes a level.
@@ -202,6 +229,10 @@ pub struct LevelView {
     pub expires: u64,
     /// When published, milliseconds since the epoch.
     pub published_ms: u64,
+    /// The publisher's signed metadata as stored (in a stream's level list), so that an
+    /// operator can sign it again, e.g. to roll back to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<SignedLevel>,
 }
 
 /// A stream as the server lists it.
@@ -405,6 +436,9 @@ impl Report {
         for p in &self.inventory.patches {
             check_string("patch name", &p.name)?;
         }
+        if let Some(h) = &self.health {
+            h.check()?;
+        }
         for o in &self.outcomes {
             check_string("outcome id", &o.id)?;
             check_string("outcome result", &o.result)?;
@@ -422,6 +456,28 @@ impl Report {
                         4 * MAX_STRING
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl HealthSample {
+    /// The limits on a sample: a bounded number of named, finite metrics.
+    pub fn check(&self) -> Result<(), String> {
+        if self.metrics.len() > MAX_ITEMS {
+            return Err(format!(
+                "{} metrics, the limit is {MAX_ITEMS}",
+                self.metrics.len()
+            ));
+        }
+        for (name, value) in &self.metrics {
+            check_string("metric name", name)?;
+            if name.is_empty() {
+                return Err("a metric has an empty name".into());
+            }
+            if !value.is_finite() {
+                return Err(format!("metric {name} is {value}, not a finite number"));
             }
         }
         Ok(())
@@ -454,6 +510,24 @@ mod tests {
         e.hostname = "web1".into();
         e.kernel.build_id = "zz".into();
         assert!(e.check().unwrap_err().contains("build-id"));
+    }
+
+    #[test]
+    fn health_samples_need_named_finite_metrics() {
+        let mut h = HealthSample {
+            at_ms: 1,
+            interval_ms: 1,
+            level: None,
+            patching: false,
+            unclean_reboot: false,
+            metrics: BTreeMap::from([("tcp_retransmits".to_string(), 2.0)]),
+        };
+        assert!(h.check().is_ok());
+        h.metrics.insert("io_latency_ms".into(), f64::NAN);
+        assert!(h.check().unwrap_err().contains("io_latency_ms"));
+        h.metrics.clear();
+        h.metrics.insert(String::new(), 1.0);
+        assert!(h.check().unwrap_err().contains("empty name"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! simulator so that they cannot drift apart.
 //!
 //! - [`api`]: the JSON bodies of every endpoint, and the limits the server enforces on them.
+//! - [`rollout`]: staged rollouts, their waves and their gate decisions.
 //! - [`trust`]: signed level metadata. The publisher signs, with a key the server never holds,
 //!   what a level is (stream, kernel, level, version, module and manifest digests, expiry);
 //!   agents pin the fleet's public keys at enrollment and refuse metadata that is unsigned,
@@ -9,6 +10,7 @@
 //!   withhold levels, never make a host load one the publisher did not sign.
 
 pub mod api;
+pub mod rollout;
 pub mod trust;
 
 /// The API's version prefix.

@@ -27,6 +27,7 @@ mod extract;
 mod init;
 mod lastseen;
 mod openapi;
+mod rollouts;
 mod routes;
 mod store;
 mod tls;
@@ -74,6 +75,10 @@ pub struct ServerConfig {
     /// another replica's writes (its own writes are seen at once). Zero: checked at every
     /// check-in.
     pub checkin_cache: Duration,
+    /// How often running rollouts are moved on (a step each: gates checked, hosts moved).
+    pub rollout_tick: Duration,
+    /// How strict rollout gates are.
+    pub gates: graft_rollout::GateConfig,
 }
 
 impl ServerConfig {
@@ -87,6 +92,8 @@ impl ServerConfig {
             allow_remote: false,
             last_seen_flush: Duration::from_secs(5),
             checkin_cache: Duration::from_secs(1),
+            rollout_tick: Duration::from_secs(5),
+            gates: graft_rollout::GateConfig::default(),
         }
     }
 }
@@ -102,6 +109,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("allow_remote", &self.allow_remote)
             .field("last_seen_flush", &self.last_seen_flush)
             .field("checkin_cache", &self.checkin_cache)
+            .field("rollout_tick", &self.rollout_tick)
+            .field("gates", &self.gates)
             .finish()
     }
 }
@@ -133,6 +142,7 @@ pub struct RunningServer {
     handle: axum_server::Handle,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     flusher: tokio::task::JoinHandle<()>,
+    driver: tokio::task::JoinHandle<()>,
     stop_flusher: tokio::sync::watch::Sender<bool>,
     store: Store,
 }
@@ -155,6 +165,7 @@ impl RunningServer {
         let served = self.server.await;
         let _ = self.stop_flusher.send(true);
         let flushed = self.flusher.await;
+        let _ = self.driver.await;
         self.store.close().await;
         finished(served)?;
         flushed.map_err(|e| ServerError::Task(e.to_string()))
@@ -246,7 +257,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         last_seen: last_seen.clone(),
         checkins: checkins::CheckinCache::new(config.checkin_cache),
     }));
-    let app = routes::router(state).into_make_service();
+    let app = routes::router(state.clone()).into_make_service();
     let handle = axum_server::Handle::new();
     let server = match tls {
         Some(tls) => {
@@ -267,6 +278,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         last_seen,
         store.clone(),
         config.last_seen_flush,
+        stopped.clone(),
+    ));
+    let driver = tokio::spawn(rollouts::drive_until(
+        state,
+        config.gates.clone(),
+        config.rollout_tick,
         stopped,
     ));
     tracing::info!(%addr, database = described, tls = !config.insecure_http, "graft server listening");
@@ -276,6 +293,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         handle,
         server,
         flusher,
+        driver,
         stop_flusher,
         store,
     })
@@ -292,6 +310,7 @@ pub async fn serve(
         served = &mut running.server => {
             let _ = running.stop_flusher.send(true);
             let _ = (&mut running.flusher).await;
+            let _ = (&mut running.driver).await;
             running.store.close().await;
             finished(served)
         }

@@ -66,6 +66,13 @@ pub(crate) const ENDPOINTS: &[Endpoint] = &[
     Endpoint { method: "post", path: "/v1/streams/{stream}/levels", auth: Auth::Operator, summary: "Publishes the stream's next level: signed by a trusted publisher key, module and manifest as signed, for the stream's kernel, carrying every earlier patch (audited)", request: Some("Publish"), ok: (200, Some("LevelView")), errors: &[400, 401, 403, 409, 413, 503] },
     Endpoint { method: "post", path: "/v1/assignments", auth: Auth::Operator, summary: "Sets the desired level of a stream's hosts, all or those matching a key=value selector (audited)", request: Some("Assign"), ok: (200, Some("Assigned")), errors: &[400, 401, 403, 404, 413, 503] },
     Endpoint { method: "post", path: "/v1/tokens", auth: Auth::Admin, summary: "Makes a token of role viewer, operator, admin or enroll; the secret is shown once (audited)", request: Some("NewToken"), ok: (200, Some("TokenCreated")), errors: BODY_ERRORS },
+    Endpoint { method: "post", path: "/v1/rollouts", auth: Auth::Operator, summary: "Starts a staged rollout of a published level to a stream's hosts (all, or a key=value selector): waves of cumulative percentages, each baked, then gated against the hosts still on the previous level (audited)", request: Some("StartRollout"), ok: (201, Some("RolloutView")), errors: &[400, 401, 403, 404, 409, 413, 503] },
+    Endpoint { method: "get", path: "/v1/rollouts", auth: Auth::Viewer, summary: "Rollouts, newest first, without their decisions; at most limit (default 1000)", request: None, ok: (200, Some("[RolloutView]")), errors: &[400, 401, 403, 503] },
+    Endpoint { method: "get", path: "/v1/rollouts/{id}", auth: Auth::Viewer, summary: "One rollout with its waves and every gate decision and its reasons", request: None, ok: (200, Some("RolloutView")), errors: &[401, 403, 404, 503] },
+    Endpoint { method: "post", path: "/v1/rollouts/{id}/pause", auth: Auth::Operator, summary: "Pauses a running rollout: no host moves until resume (audited)", request: None, ok: (200, Some("RolloutView")), errors: &[401, 403, 404, 409, 503] },
+    Endpoint { method: "post", path: "/v1/rollouts/{id}/resume", auth: Auth::Operator, summary: "Resumes a paused rollout, or a halted one with the halt's hosts accepted (and its wave passed, for a halt at a bake's end) (audited)", request: None, ok: (200, Some("RolloutView")), errors: &[401, 403, 404, 409, 503] },
+    Endpoint { method: "post", path: "/v1/rollouts/{id}/abort", auth: Auth::Operator, summary: "Stops a rollout for good; moved hosts stay on the level (audited)", request: None, ok: (200, Some("RolloutView")), errors: &[401, 403, 404, 409, 503] },
+    Endpoint { method: "post", path: "/v1/rollouts/{id}/rollback", auth: Auth::Operator, summary: "Sends every moved host back to its previous level; a level (not none) needs its metadata re-signed with a newer version (audited)", request: Some("Rollback"), ok: (200, Some("RolloutView")), errors: &[400, 401, 403, 404, 409, 503] },
     Endpoint { method: "get", path: "/v1/audit", auth: Auth::Admin, summary: "The audit log, newest first, at most limit (default 1000)", request: None, ok: (200, Some("[AuditEntry]")), errors: &[400, 401, 403, 503] },
 ];
 
@@ -84,7 +91,7 @@ fn query_parameters(path: &str) -> Vec<Value> {
                 "at most this many (default 1000, at most 10000)",
             ),
         ],
-        "/v1/audit" => vec![param(
+        "/v1/rollouts" | "/v1/audit" => vec![param(
             "limit",
             "integer",
             "at most this many (default 1000, at most 10000)",
@@ -96,13 +103,14 @@ fn query_parameters(path: &str) -> Vec<Value> {
 fn status_text(code: u16) -> &'static str {
     match code {
         200 => "OK",
+        201 => "Created",
         204 => "Stored",
         304 => "Not modified: the If-None-Match tag is current",
         400 => "Invalid: malformed JSON or a field that breaks a rule (the message names it)",
         401 => "No credential, an unknown one, or a revoked host",
         403 => "A credential of the wrong kind or role",
         404 => "Not found",
-        409 => "Conflict: level or version ordering",
+        409 => "Conflict: level or version ordering, or a rollout's state",
         413 => "The body is larger than the limit",
         503 => "The database is unavailable: retry",
         _ => "",
@@ -186,10 +194,13 @@ pub(crate) fn document() -> Value {
         "NewToken",
         "TokenCreated",
         "AuditEntry",
+        "StartRollout",
+        "RolloutView",
+        "Rollback",
     ] {
         schemas.insert(
             name.to_string(),
-            json!({"type": "object", "description": format!("graft_protocol::api::{name}")}),
+            json!({"type": "object", "description": format!("graft_protocol::{}::{name}", if name.contains("ollout") || name == "Rollback" { "rollout" } else { "api" })}),
         );
     }
     schemas.insert(

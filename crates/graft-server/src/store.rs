@@ -22,6 +22,10 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migrate, MigrateError, Migration, MigrationType};
 use sqlx::{AnyPool, Row};
 
+mod rollouts;
+
+pub(crate) use rollouts::{HardFacts, HostSamples, RollBack, RolloutRow, Started, NAMED_HOSTS};
+
 /// The database kind behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Backend {
@@ -57,6 +61,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "generation",
         include_str!("../migrations/0002_generation.sql"),
+    ),
+    (
+        3,
+        "rollouts",
+        include_str!("../migrations/0003_rollouts.sql"),
     ),
 ];
 
@@ -537,6 +546,9 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        if let Some(h) = &report.health {
+            Self::insert_health(&mut tx, &host.id, h).await?;
+        }
         tx.commit().await
     }
 
@@ -684,8 +696,8 @@ impl Store {
         let Some(row) = row else { return Ok(None) };
         let mut view = stream_view(&row)?;
         let rows = sqlx::query(
-            "SELECT stream, level, version, module_name, module_sha256, patches, expires, published_ms \
-             FROM levels WHERE stream = $1 ORDER BY level",
+            "SELECT stream, level, version, module_name, module_sha256, patches, expires, published_ms, \
+             signed FROM levels WHERE stream = $1 ORDER BY level",
         )
         .bind(stream)
         .fetch_all(&self.pool)
@@ -702,6 +714,7 @@ impl Store {
                     patches: json_column(r, "patches")?,
                     expires: int(r, "expires")?,
                     published_ms: int(r, "published_ms")?,
+                    signed: Some(json_column(r, "signed")?),
                 })
             })
             .collect::<Result<_, sqlx::Error>>()?;
@@ -719,10 +732,15 @@ impl Store {
             release: row.try_get("kernel_release")?,
             build_id: row.try_get("build_id")?,
         };
-        let latest = sqlx::query("SELECT level, version, patches FROM levels WHERE stream = $1 ORDER BY level DESC LIMIT 1")
-            .bind(stream)
-            .fetch_optional(&self.pool)
-            .await?;
+        // The version is the stream's highest, which a re-signed older level (a rollback) may
+        // hold: every new signing must be newer than every earlier one.
+        let latest = sqlx::query(
+            "SELECT level, (SELECT MAX(v.version) FROM levels v WHERE v.stream = $1) AS version, \
+             patches FROM levels WHERE stream = $1 ORDER BY level DESC LIMIT 1",
+        )
+        .bind(stream)
+        .fetch_optional(&self.pool)
+        .await?;
         let latest = latest
             .map(|r| {
                 Ok::<_, sqlx::Error>(LatestLevel {
@@ -733,6 +751,20 @@ impl Store {
             })
             .transpose()?;
         Ok(Some(StreamState { kernel, latest }))
+    }
+
+    /// A level's module digest, if the stream has that level.
+    pub async fn level_module(
+        &self,
+        stream: &str,
+        level: u32,
+    ) -> Result<Option<String>, sqlx::Error> {
+        let row = sqlx::query("SELECT module_sha256 FROM levels WHERE stream = $1 AND level = $2")
+            .bind(stream)
+            .bind(i64::from(level))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get("module_sha256")).transpose()
     }
 
     /// Whether a stream has a level.

@@ -10,7 +10,14 @@
     reason = "a panic in a test is a failed assertion with a backtrace"
 )]
 
+#[path = "suites/rollouts.rs"]
+mod rollouts;
 mod support;
+
+use rollouts::{
+    a_clean_rollout_completes_wave_by_wave, a_kernel_warning_halts_the_first_wave,
+    a_metric_regression_halts_at_the_bake_end, bad_rollouts_are_refused,
+};
 
 use std::io::{Read as _, Write as _};
 
@@ -450,6 +457,7 @@ fn reports_are_idempotent(db: Db<'_>) {
             message: None,
             at_ms: 1_700_000_000_000,
         }],
+        health: None,
     };
     http.post("/v1/host/report", Some(&host.credential), &report)
         .status(204);
@@ -559,6 +567,7 @@ fn revoked_hosts_are_refused(db: Db<'_>) {
         kernel: kernel(),
         inventory: Inventory::default(),
         outcomes: vec![],
+        health: None,
     };
     let e = http
         .post("/v1/host/report", Some(&host.credential), &report)
@@ -684,6 +693,13 @@ fn openapi_lists_every_path(db: Db<'_>) {
         ("get", "/v1/streams/{stream}"),
         ("post", "/v1/streams/{stream}/levels"),
         ("post", "/v1/assignments"),
+        ("post", "/v1/rollouts"),
+        ("get", "/v1/rollouts"),
+        ("get", "/v1/rollouts/{id}"),
+        ("post", "/v1/rollouts/{id}/pause"),
+        ("post", "/v1/rollouts/{id}/resume"),
+        ("post", "/v1/rollouts/{id}/abort"),
+        ("post", "/v1/rollouts/{id}/rollback"),
         ("post", "/v1/tokens"),
         ("get", "/v1/audit"),
         ("get", "/v1/openapi.json"),
@@ -741,6 +757,26 @@ macro_rules! suite {
 }
 
 // ---- SQLite -----------------------------------------------------------------------------
+
+#[test]
+fn sqlite_a_clean_rollout_completes_wave_by_wave() {
+    a_clean_rollout_completes_wave_by_wave(Db::Sqlite);
+}
+
+#[test]
+fn sqlite_a_kernel_warning_halts_the_first_wave() {
+    a_kernel_warning_halts_the_first_wave(Db::Sqlite);
+}
+
+#[test]
+fn sqlite_a_metric_regression_halts_at_the_bake_end() {
+    a_metric_regression_halts_at_the_bake_end(Db::Sqlite);
+}
+
+#[test]
+fn sqlite_bad_rollouts_are_refused() {
+    bad_rollouts_are_refused(Db::Sqlite);
+}
 
 #[test]
 fn sqlite_enroll_and_poll_desired() {
@@ -850,6 +886,10 @@ fn postgres() {
         revoked_hosts_are_refused,
         malformed_requests_answer_api_errors,
         openapi_lists_every_path,
+        a_clean_rollout_completes_wave_by_wave,
+        a_kernel_warning_halts_the_first_wave,
+        a_metric_regression_halts_at_the_bake_end,
+        bad_rollouts_are_refused,
         replicas_share_one_database,
     );
     // Last: it stops the cluster.

@@ -126,6 +126,10 @@ pub enum FleetCommand {
     },
     /// The audit log of operators' actions.
     Audit,
+    /// Staged rollouts with health gates: start, list, status, pause, resume, abort,
+    /// rollback.
+    #[command(subcommand)]
+    Rollout(crate::rollout_cmd::RolloutCommand),
     /// Measure the control plane: N simulated hosts enroll and check in with the real
     /// protocol (ETag polls, as agents do), each once per interval at its own phase.
     ///
@@ -200,6 +204,10 @@ pub struct AgentArgs {
     /// Check in once and exit (status 0 when the check-in succeeded).
     #[arg(long)]
     pub once: bool,
+    /// Record that the agent stops cleanly in this boot, and exit (the systemd unit's
+    /// ExecStop): a later boot without it is reported as an unclean reboot.
+    #[arg(long)]
+    pub stopping: bool,
     /// Print each check-in as JSON.
     #[arg(long)]
     pub json: bool,
@@ -369,6 +377,7 @@ pub fn run(args: &FleetArgs) -> anyhow::Result<ExitCode> {
             })
         }
         FleetCommand::Simulate { .. } => simulate(args),
+        FleetCommand::Rollout(command) => crate::rollout_cmd::run(&client, args.json, command),
         FleetCommand::Audit => {
             let entries = client.audit()?;
             print(args.json, &entries, || {
@@ -533,6 +542,10 @@ pub fn publish_level(
 
 /// Runs the agent.
 pub fn agent(args: &AgentArgs) -> anyhow::Result<ExitCode> {
+    if args.stopping {
+        graft_agent::mark_clean_stop(&args.state_dir)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut labels = BTreeMap::new();
     for l in &args.labels {
         let (k, v) = graft_protocol::api::parse_selector(l).map_err(anyhow::Error::msg)?;

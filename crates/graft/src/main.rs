@@ -12,6 +12,7 @@ mod host_cmd;
 mod kernel_cmd;
 mod lab_cmd;
 mod progress;
+mod rollout_cmd;
 mod server_cmd;
 mod test_cmd;
 

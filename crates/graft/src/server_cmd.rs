@@ -50,6 +50,10 @@ pub enum ServerCommand {
         /// database's generation is read at every check-in.
         #[arg(long, value_name = "MS", default_value_t = 1000)]
         checkin_cache_ms: u64,
+        /// How often running rollouts move on: hard gates checked, hosts moved, baked waves
+        /// judged. Every replica drives; a rollout's row is changed under a compare-and-set.
+        #[arg(long, value_name = "MS", default_value_t = 5000)]
+        rollout_tick_ms: u64,
     },
 }
 
@@ -89,12 +93,14 @@ pub fn run(command: &ServerCommand) -> anyhow::Result<ExitCode> {
             insecure_http,
             allow_remote,
             checkin_cache_ms,
+            rollout_tick_ms,
         } => {
             let mut config = graft_server::ServerConfig::new(data.clone(), *listen);
             config.database = database.clone();
             config.insecure_http = *insecure_http;
             config.allow_remote = *allow_remote;
             config.checkin_cache = std::time::Duration::from_millis(*checkin_cache_ms);
+            config.rollout_tick = std::time::Duration::from_millis((*rollout_tick_ms).max(50));
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;

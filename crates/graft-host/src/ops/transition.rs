@@ -23,8 +23,9 @@ pub(crate) fn wait_transition(
         match std::fs::read(&transition) {
             Ok(v) if v.first() == Some(&b'1') => {}
             Ok(_) => return Ok(None),
-            // A patch whose unpatching finished is freed: its directory goes away.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            // A patch whose unpatching finished is freed: its directory goes away (and a read
+            // racing with the removal answers ENODEV).
+            Err(e) if sys::is_gone(&e) => return Ok(None),
             Err(e) => return Err(HostError::io("reading", &transition, e)),
         }
         if elapsed >= Duration::from_millis(100)

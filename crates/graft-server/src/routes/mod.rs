@@ -15,6 +15,7 @@ pub(crate) mod enroll;
 pub(crate) mod host;
 pub(crate) mod operator;
 pub(crate) mod publish;
+pub(crate) mod rollout;
 
 /// Most entries a list answers, whatever `limit` asks.
 pub(crate) const MAX_LIST: u32 = 10_000;
@@ -38,6 +39,12 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/streams/{stream}", get(operator::stream))
         .route("/v1/streams/{stream}/levels", post(publish::publish))
         .route("/v1/assignments", post(operator::assign))
+        .route("/v1/rollouts", post(rollout::start).get(rollout::list))
+        .route("/v1/rollouts/{id}", get(rollout::get_one))
+        .route("/v1/rollouts/{id}/pause", post(rollout::pause))
+        .route("/v1/rollouts/{id}/resume", post(rollout::resume))
+        .route("/v1/rollouts/{id}/abort", post(rollout::abort))
+        .route("/v1/rollouts/{id}/rollback", post(rollout::rollback))
         .route("/v1/tokens", post(operator::new_token))
         .route("/v1/audit", get(operator::audit))
         .fallback(no_endpoint)

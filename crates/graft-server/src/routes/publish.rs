@@ -83,10 +83,11 @@ async fn publish_checked(
         patches: new.patches,
         expires: new.expires,
         published_ms: new.published_ms,
+        signed: Some(publish.signed.clone()),
     })
 }
 
-async fn trusted_keys(state: &AppState) -> Result<Vec<VerifyingKey>, Failure> {
+pub(crate) async fn trusted_keys(state: &AppState) -> Result<Vec<VerifyingKey>, Failure> {
     let mut keys = Vec::new();
     for hex in state.store.publisher_keys().await? {
         match verifying_key_from_hex(&hex) {

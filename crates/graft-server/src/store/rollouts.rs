@@ -1,0 +1,717 @@
+//! Rollouts in the database: the rollout row (its whole state, changed under a
+//! compare-and-set on `revision`), the hosts it selected in the order it moves them, and the
+//! health samples the gates read.
+
+use std::collections::BTreeMap;
+
+use graft_protocol::api::HealthSample;
+use graft_protocol::rollout::{GateDecision, RolloutState, RolloutView, WaveView};
+use sha2::{Digest, Sha256};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{int, json_column, ms, opt_int, Store, BUMP};
+
+/// Most rows one insert statement carries.
+const INSERT_CHUNK: usize = 400;
+
+/// Most hosts named in one finding, and most hosts per group the statistical gates sample.
+pub(crate) const NAMED_HOSTS: i64 = 20;
+
+/// A rollout's whole state, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RolloutRow {
+    pub id: String,
+    pub stream: String,
+    pub level: u32,
+    pub from_level: Option<u32>,
+    pub selector: Option<String>,
+    pub state: RolloutState,
+    pub reason: Option<String>,
+    pub wave: u32,
+    pub waves: Vec<WaveView>,
+    pub bake_ms: u64,
+    pub max_parallel: Option<u32>,
+    pub lost_after_ms: u64,
+    pub auto_rollback: bool,
+    pub hosts: u64,
+    pub decisions: Vec<GateDecision>,
+    pub created_by: String,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    pub revision: i64,
+    pub excused: Vec<String>,
+}
+
+impl RolloutRow {
+    /// The view, with the counts the caller read.
+    pub fn view(&self, counts: RolloutCounts, with_decisions: bool) -> RolloutView {
+        RolloutView {
+            id: self.id.clone(),
+            stream: self.stream.clone(),
+            level: self.level,
+            from_level: self.from_level,
+            selector: self.selector.clone(),
+            state: self.state,
+            reason: self.reason.clone(),
+            wave: self.wave,
+            waves: self.waves.clone(),
+            bake_ms: self.bake_ms,
+            max_parallel: self.max_parallel,
+            lost_after_ms: self.lost_after_ms,
+            auto_rollback: self.auto_rollback,
+            hosts: self.hosts,
+            treated: counts.treated,
+            applied: counts.applied,
+            created_by: self.created_by.clone(),
+            created_ms: self.created_ms,
+            updated_ms: self.updated_ms,
+            decisions: if with_decisions {
+                self.decisions.clone()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+}
+
+/// How far a rollout's hosts are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RolloutCounts {
+    /// Moved to the level.
+    pub treated: u64,
+    /// Moved and reporting it applied.
+    pub applied: u64,
+    /// Moved, not applied, no failed outcome, still reporting: on their way.
+    pub in_flight: u64,
+}
+
+/// What a start found, before anything is written.
+#[derive(Debug, Clone)]
+pub(crate) struct Population {
+    /// Host ids and their desired level.
+    pub hosts: Vec<(String, Option<u32>)>,
+}
+
+impl Population {
+    /// The level most of the selected hosts are assigned (the rollout's "previous level").
+    pub fn previous_level(&self) -> Option<u32> {
+        let mut counts: BTreeMap<Option<u32>, u64> = BTreeMap::new();
+        for (_, desired) in &self.hosts {
+            *counts.entry(*desired).or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .max_by_key(|(level, n)| (*n, *level))
+            .and_then(|(level, _)| level)
+    }
+}
+
+/// How a start ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Started {
+    Ok,
+    /// Another rollout of the stream is not over.
+    Overlaps(String),
+}
+
+/// What the hard gates need, over every treated host.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HardFacts {
+    pub treated: u64,
+    /// Treated hosts with kernel errors since they applied the level (named, at most 20).
+    pub kernel_errors: Vec<String>,
+    /// Treated hosts silent for longer than lost-after.
+    pub lost: Vec<String>,
+    /// Treated hosts that came back from an unclean reboot since they were moved.
+    pub crashed: Vec<String>,
+    /// Treated hosts whose apply of the level failed or was refused.
+    pub failed: Vec<String>,
+    /// How many failed, in all (the list above is cut at 20).
+    pub failed_count: u64,
+}
+
+impl HardFacts {
+    /// Leaves out hosts an operator accepted when resuming after a halt. Counts shrink with
+    /// the names only where every failed host is named (a cut list keeps its count).
+    pub fn excuse(&mut self, excused: &[String]) {
+        if excused.is_empty() {
+            return;
+        }
+        let keep = |v: &mut Vec<String>| v.retain(|h| !excused.contains(h));
+        keep(&mut self.kernel_errors);
+        keep(&mut self.lost);
+        keep(&mut self.crashed);
+        let named = self.failed.len() as u64;
+        keep(&mut self.failed);
+        if named == self.failed_count {
+            self.failed_count = self.failed.len() as u64;
+        }
+    }
+}
+
+/// One health sample: in the patching window or not, and its metrics.
+pub(crate) type Sample = (bool, BTreeMap<String, f64>);
+
+/// One host's samples over a window, for the statistical gates.
+#[derive(Debug, Clone)]
+pub(crate) struct HostSamples {
+    pub host: String,
+    pub treated: bool,
+    pub samples: Vec<Sample>,
+}
+
+impl Store {
+    /// The stream's hosts a rollout would select: not revoked, with the label if given.
+    pub async fn rollout_population(
+        &self,
+        stream: &str,
+        selector: Option<&(String, String)>,
+    ) -> Result<Population, sqlx::Error> {
+        let rows = match selector {
+            Some((name, value)) => {
+                sqlx::query(
+                    "SELECT id, desired FROM hosts WHERE stream = $1 AND revoked_ms IS NULL \
+                     AND id IN (SELECT host_id FROM host_labels WHERE name = $2 AND value = $3)",
+                )
+                .bind(stream)
+                .bind(name)
+                .bind(value)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(
+                    "SELECT id, desired FROM hosts WHERE stream = $1 AND revoked_ms IS NULL",
+                )
+                .bind(stream)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        let hosts = rows
+            .iter()
+            .map(|r| Ok((r.try_get("id")?, opt_int::<u32>(r, "desired")?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok(Population { hosts })
+    }
+
+    /// Stores a new rollout and the hosts it selected, in one transaction; refused when another
+    /// rollout of the stream is not over (checked here and, against a concurrent start on
+    /// another replica, by the unique index on `live`).
+    pub async fn start_rollout(
+        &self,
+        row: &RolloutRow,
+        population: &Population,
+    ) -> Result<Started, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(other) = sqlx::query("SELECT id FROM rollouts WHERE live = $1")
+            .bind(&row.stream)
+            .fetch_optional(&mut *tx)
+            .await?
+        {
+            return Ok(Started::Overlaps(other.try_get("id")?));
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO rollouts (id, stream, level, from_level, selector, state, reason, wave, \
+             waves, bake_ms, max_parallel, lost_after_ms, auto_rollback, hosts, decisions, \
+             created_by, created_ms, updated_ms, revision, excused, live) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
+        )
+        .bind(&row.id)
+        .bind(&row.stream)
+        .bind(i64::from(row.level))
+        .bind(row.from_level.map(i64::from))
+        .bind(row.selector.clone())
+        .bind(row.state.as_str())
+        .bind(row.reason.clone())
+        .bind(i64::from(row.wave))
+        .bind(to_json(&row.waves))
+        .bind(ms(row.bake_ms))
+        .bind(row.max_parallel.map(i64::from))
+        .bind(ms(row.lost_after_ms))
+        .bind(i64::from(row.auto_rollback))
+        .bind(ms(row.hosts))
+        .bind(to_json(&row.decisions))
+        .bind(&row.created_by)
+        .bind(ms(row.created_ms))
+        .bind(ms(row.updated_ms))
+        .bind(row.revision)
+        .bind(to_json(&row.excused))
+        .bind(&row.stream)
+        .execute(&mut *tx)
+        .await;
+        if let Err(e) = inserted {
+            if is_unique_violation(&e) {
+                return Ok(Started::Overlaps("another".into()));
+            }
+            return Err(e);
+        }
+        // The order hosts move in: a hash of the rollout and the host, so that every rollout
+        // draws its own canaries rather than the same hosts taking every first wave.
+        let mut ranked: Vec<(String, &str, Option<u32>)> = population
+            .hosts
+            .iter()
+            .map(|(id, desired)| (order_key(&row.id, id), id.as_str(), *desired))
+            .collect();
+        ranked.sort();
+        for chunk in ranked.chunks(INSERT_CHUNK) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let b = 4 * i;
+                    format!("(${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4)
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO rollout_hosts (rollout_id, host_id, ord, previous) VALUES {}",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for (ord, host, previous) in chunk {
+                query = query
+                    .bind(&row.id)
+                    .bind(*host)
+                    .bind(ord.as_str())
+                    .bind(previous.map(i64::from));
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(Started::Ok)
+    }
+
+    /// A rollout by id.
+    pub async fn rollout(&self, id: &str) -> Result<Option<RolloutRow>, sqlx::Error> {
+        let row = sqlx::query(&format!("{ROLLOUT_COLUMNS} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(rollout_row).transpose()
+    }
+
+    /// Rollouts, newest first.
+    pub async fn rollouts(&self, limit: u32) -> Result<Vec<RolloutRow>, sqlx::Error> {
+        let rows = sqlx::query(&format!(
+            "{ROLLOUT_COLUMNS} ORDER BY created_ms DESC, id DESC LIMIT $1"
+        ))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rollout_row).collect()
+    }
+
+    /// The rollouts a driver has work on: running ones.
+    pub async fn running_rollouts(&self) -> Result<Vec<RolloutRow>, sqlx::Error> {
+        let rows = sqlx::query(&format!("{ROLLOUT_COLUMNS} WHERE state = 'running'"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(rollout_row).collect()
+    }
+
+    /// Writes a rollout's new state if nobody else changed it since `row.revision` was read,
+    /// moving `moves` more of its hosts to the level (the next ones in its order) for wave
+    /// `row.wave`, or sending `back` hosts to their previous level; all in one transaction.
+    /// False: another replica got there first, nothing written.
+    pub async fn save_rollout(
+        &self,
+        row: &RolloutRow,
+        moves: u64,
+        back: Option<RollBack<'_>>,
+        now_ms: u64,
+    ) -> Result<bool, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let saved = sqlx::query(
+            "UPDATE rollouts SET state = $1, reason = $2, wave = $3, waves = $4, decisions = $5, \
+             updated_ms = $6, revision = revision + 1, \
+             live = CASE WHEN $7 = 1 THEN NULL ELSE stream END, excused = $10 \
+             WHERE id = $8 AND revision = $9",
+        )
+        .bind(row.state.as_str())
+        .bind(row.reason.clone())
+        .bind(i64::from(row.wave))
+        .bind(to_json(&row.waves))
+        .bind(to_json(&row.decisions))
+        .bind(ms(now_ms))
+        .bind(i64::from(row.state.is_final()))
+        .bind(&row.id)
+        .bind(row.revision)
+        .bind(to_json(&row.excused))
+        .execute(&mut *tx)
+        .await?;
+        if saved.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let mut changed = false;
+        if moves > 0 {
+            let next = "SELECT host_id FROM rollout_hosts WHERE rollout_id = $1 AND wave IS NULL \
+                        ORDER BY ord LIMIT $2";
+            let ids: Vec<String> = sqlx::query(next)
+                .bind(&row.id)
+                .bind(ms(moves))
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get("host_id"))
+                .collect::<Result<_, _>>()?;
+            for chunk in ids.chunks(INSERT_CHUNK) {
+                let list = placeholders(4, chunk.len());
+                let sql = format!(
+                    "UPDATE rollout_hosts SET wave = $1, moved_ms = $2 WHERE rollout_id = $3 AND host_id IN ({list})"
+                );
+                let mut query = sqlx::query(&sql)
+                    .bind(i64::from(row.wave))
+                    .bind(ms(now_ms))
+                    .bind(&row.id);
+                for id in chunk {
+                    query = query.bind(id.as_str());
+                }
+                query.execute(&mut *tx).await?;
+                let sql = format!(
+                    "UPDATE hosts SET desired = $1 WHERE revoked_ms IS NULL AND stream = $2 AND id IN ({})",
+                    placeholders(3, chunk.len())
+                );
+                let mut query = sqlx::query(&sql)
+                    .bind(i64::from(row.level))
+                    .bind(&row.stream);
+                for id in chunk {
+                    query = query.bind(id.as_str());
+                }
+                query.execute(&mut *tx).await?;
+            }
+            changed = true;
+        }
+        if let Some(back) = back {
+            // Each moved host back to what it was assigned before; the resigned metadata, if
+            // any, replaces the previous level's (a newer version of the same level).
+            if let Some((level, version, signed)) = back.resigned {
+                sqlx::query(
+                    "UPDATE levels SET version = $1, signed = $2 WHERE stream = $3 AND level = $4",
+                )
+                .bind(ms(version))
+                .bind(signed)
+                .bind(&row.stream)
+                .bind(i64::from(level))
+                .execute(&mut *tx)
+                .await?;
+            }
+            let wave_clause = match back.wave {
+                Some(_) => " AND wave = $3",
+                None => " AND wave IS NOT NULL AND $3 = $3",
+            };
+            sqlx::query(&format!(
+                "UPDATE hosts SET desired = (SELECT rh.previous FROM rollout_hosts rh \
+                 WHERE rh.rollout_id = $1 AND rh.host_id = hosts.id) \
+                 WHERE stream = $2 AND id IN (SELECT host_id FROM rollout_hosts \
+                 WHERE rollout_id = $1{wave_clause})"
+            ))
+            .bind(&row.id)
+            .bind(&row.stream)
+            .bind(i64::from(back.wave.unwrap_or(0)))
+            .execute(&mut *tx)
+            .await?;
+            changed = true;
+        }
+        if changed {
+            sqlx::query(BUMP).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The levels the moved hosts were assigned before the rollout, each once.
+    pub async fn moved_previous(&self, id: &str) -> Result<Vec<Option<u32>>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT previous FROM rollout_hosts WHERE rollout_id = $1 AND wave IS NOT NULL",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| opt_int(r, "previous")).collect()
+    }
+
+    /// How far a rollout's hosts are.
+    pub async fn rollout_counts(
+        &self,
+        row: &RolloutRow,
+        now_ms: u64,
+    ) -> Result<RolloutCounts, sqlx::Error> {
+        let r = sqlx::query(
+            "SELECT COUNT(*) AS treated, \
+             COALESCE(SUM(CASE WHEN h.level = $2 THEN 1 ELSE 0 END), 0) AS applied, \
+             COALESCE(SUM(CASE WHEN (h.level IS NULL OR h.level <> $2) AND h.last_seen_ms >= $3 \
+               AND NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.host_id = h.id AND o.level = $2 \
+               AND o.at_ms >= rh.moved_ms AND o.result NOT IN ('applied', 'forced')) \
+               THEN 1 ELSE 0 END), 0) AS in_flight \
+             FROM rollout_hosts rh JOIN hosts h ON h.id = rh.host_id \
+             WHERE rh.rollout_id = $1 AND rh.wave IS NOT NULL",
+        )
+        .bind(&row.id)
+        .bind(i64::from(row.level))
+        .bind(ms(now_ms.saturating_sub(row.lost_after_ms)))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(RolloutCounts {
+            treated: int(&r, "treated")?,
+            applied: int(&r, "applied")?,
+            in_flight: int(&r, "in_flight")?,
+        })
+    }
+
+    /// What the hard gates need: every treated host's troubles since it was moved.
+    pub async fn hard_facts(
+        &self,
+        row: &RolloutRow,
+        now_ms: u64,
+    ) -> Result<HardFacts, sqlx::Error> {
+        let treated = "FROM rollout_hosts rh JOIN hosts h ON h.id = rh.host_id \
+                       WHERE rh.rollout_id = $1 AND rh.wave IS NOT NULL";
+        let names = |rows: Vec<AnyRow>| -> Result<Vec<String>, sqlx::Error> {
+            rows.iter().map(|r| r.try_get("id")).collect()
+        };
+        let count = sqlx::query(&format!("SELECT COUNT(*) AS n {treated}"))
+            .bind(&row.id)
+            .fetch_one(&self.pool)
+            .await?;
+        let kernel_errors = sqlx::query(&format!(
+            "SELECT h.id {treated} AND h.level = $2 AND h.kernel_errors > 0 ORDER BY h.id LIMIT $3"
+        ))
+        .bind(&row.id)
+        .bind(i64::from(row.level))
+        .bind(NAMED_HOSTS)
+        .fetch_all(&self.pool)
+        .await?;
+        let lost = sqlx::query(&format!(
+            "SELECT h.id {treated} AND h.last_seen_ms < $2 ORDER BY h.id LIMIT $3"
+        ))
+        .bind(&row.id)
+        .bind(ms(now_ms.saturating_sub(row.lost_after_ms)))
+        .bind(NAMED_HOSTS)
+        .fetch_all(&self.pool)
+        .await?;
+        let crashed = sqlx::query(&format!(
+            "SELECT h.id {treated} AND EXISTS (SELECT 1 FROM health s WHERE s.host_id = h.id \
+             AND s.at_ms >= rh.moved_ms AND s.unclean_reboot = 1) ORDER BY h.id LIMIT $2"
+        ))
+        .bind(&row.id)
+        .bind(NAMED_HOSTS)
+        .fetch_all(&self.pool)
+        .await?;
+        let failed_where = format!(
+            "{treated} AND EXISTS (SELECT 1 FROM outcomes o WHERE o.host_id = h.id AND o.level = $2 \
+             AND o.at_ms >= rh.moved_ms AND o.result NOT IN ('applied', 'forced'))"
+        );
+        let failed_count = sqlx::query(&format!("SELECT COUNT(*) AS n {failed_where}"))
+            .bind(&row.id)
+            .bind(i64::from(row.level))
+            .fetch_one(&self.pool)
+            .await?;
+        let failed = sqlx::query(&format!(
+            "SELECT h.id {failed_where} ORDER BY h.id LIMIT $3"
+        ))
+        .bind(&row.id)
+        .bind(i64::from(row.level))
+        .bind(NAMED_HOSTS)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(HardFacts {
+            treated: int(&count, "n")?,
+            kernel_errors: names(kernel_errors)?,
+            lost: names(lost)?,
+            crashed: names(crashed)?,
+            failed: names(failed)?,
+            failed_count: int(&failed_count, "n")?,
+        })
+    }
+
+    /// Samples since `since_ms` of up to `per_group` treated hosts (the latest wave's first)
+    /// and as many control hosts: selected by the rollout, not moved, at the previous level.
+    pub async fn window_samples(
+        &self,
+        row: &RolloutRow,
+        since_ms: u64,
+        per_group: i64,
+    ) -> Result<Vec<HostSamples>, sqlx::Error> {
+        let treated = sqlx::query(
+            "SELECT host_id FROM rollout_hosts WHERE rollout_id = $1 AND wave IS NOT NULL \
+             ORDER BY wave DESC, ord LIMIT $2",
+        )
+        .bind(&row.id)
+        .bind(per_group)
+        .fetch_all(&self.pool)
+        .await?;
+        let control = sqlx::query(
+            "SELECT rh.host_id FROM rollout_hosts rh JOIN hosts h ON h.id = rh.host_id \
+             WHERE rh.rollout_id = $1 AND rh.wave IS NULL \
+             AND ((h.level IS NULL AND $2 = -1) OR h.level = $2) ORDER BY rh.ord LIMIT $3",
+        )
+        .bind(&row.id)
+        .bind(row.from_level.map_or(-1, i64::from))
+        .bind(per_group)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::new();
+        for (rows, is_treated) in [(treated, true), (control, false)] {
+            let ids: Vec<String> = rows
+                .iter()
+                .map(|r| r.try_get("host_id"))
+                .collect::<Result<_, _>>()?;
+            for chunk in ids.chunks(INSERT_CHUNK) {
+                let sql = format!(
+                    "SELECT host_id, patching, metrics FROM health WHERE at_ms >= $1 AND host_id IN ({}) ORDER BY host_id, at_ms",
+                    placeholders(2, chunk.len())
+                );
+                let mut query = sqlx::query(&sql).bind(ms(since_ms));
+                for id in chunk {
+                    query = query.bind(id.as_str());
+                }
+                let mut by_host: BTreeMap<String, Vec<Sample>> =
+                    chunk.iter().map(|id| (id.clone(), Vec::new())).collect();
+                for r in query.fetch_all(&self.pool).await? {
+                    let host: String = r.try_get("host_id")?;
+                    let patching = r.try_get::<i64, _>("patching")? != 0;
+                    let metrics: BTreeMap<String, f64> = json_column(&r, "metrics")?;
+                    by_host.entry(host).or_default().push((patching, metrics));
+                }
+                out.extend(by_host.into_iter().map(|(host, samples)| HostSamples {
+                    host,
+                    treated: is_treated,
+                    samples,
+                }));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores one health sample of a host (a resent one is ignored), inside a report's
+    /// transaction.
+    pub(super) async fn insert_health(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        host_id: &str,
+        h: &HealthSample,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO health (host_id, at_ms, interval_ms, level, patching, unclean_reboot, metrics) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        )
+        .bind(host_id)
+        .bind(ms(h.at_ms))
+        .bind(ms(h.interval_ms))
+        .bind(h.level.map(i64::from))
+        .bind(i64::from(h.patching))
+        .bind(i64::from(h.unclean_reboot))
+        .bind(to_json(&h.metrics))
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets health samples older than `before_ms`.
+    pub async fn prune_health(&self, before_ms: u64) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query("DELETE FROM health WHERE at_ms < $1")
+            .bind(ms(before_ms))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// What a rollback sends back.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RollBack<'a> {
+    /// Only this wave's hosts (an automatic rollback of the halted wave); `None`: all moved.
+    pub wave: Option<u32>,
+    /// The previous level's metadata, signed again: (level, version, signed JSON).
+    pub resigned: Option<(u32, u64, &'a str)>,
+}
+
+const ROLLOUT_COLUMNS: &str = "SELECT id, stream, level, from_level, selector, state, reason, \
+     wave, waves, bake_ms, max_parallel, lost_after_ms, auto_rollback, hosts, decisions, \
+     created_by, created_ms, updated_ms, revision, excused FROM rollouts";
+
+fn rollout_row(r: &AnyRow) -> Result<RolloutRow, sqlx::Error> {
+    let state: String = r.try_get("state")?;
+    Ok(RolloutRow {
+        id: r.try_get("id")?,
+        stream: r.try_get("stream")?,
+        level: int(r, "level")?,
+        from_level: opt_int(r, "from_level")?,
+        selector: r.try_get("selector")?,
+        state: RolloutState::parse(&state)
+            .ok_or_else(|| super::decode_error("state", format!("unknown state {state:?}")))?,
+        reason: r.try_get("reason")?,
+        wave: int(r, "wave")?,
+        waves: json_column(r, "waves")?,
+        bake_ms: int(r, "bake_ms")?,
+        max_parallel: opt_int(r, "max_parallel")?,
+        lost_after_ms: int(r, "lost_after_ms")?,
+        auto_rollback: r.try_get::<i64, _>("auto_rollback")? != 0,
+        hosts: int(r, "hosts")?,
+        decisions: json_column(r, "decisions")?,
+        created_by: r.try_get("created_by")?,
+        created_ms: int(r, "created_ms")?,
+        updated_ms: int(r, "updated_ms")?,
+        revision: r.try_get("revision")?,
+        excused: json_column(r, "excused")?,
+    })
+}
+
+/// The place of a host in a rollout's order.
+fn order_key(rollout: &str, host: &str) -> String {
+    let digest = Sha256::digest(format!("{rollout}\n{host}").as_bytes());
+    hex::encode(&digest[..8])
+}
+
+/// `$first, $first+1, ...`: `n` placeholders.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_previous_level_is_what_most_selected_hosts_are_assigned() {
+        let p = Population {
+            hosts: vec![
+                ("a".into(), Some(1)),
+                ("b".into(), Some(1)),
+                ("c".into(), None),
+            ],
+        };
+        assert_eq!(p.previous_level(), Some(1));
+        let p = Population {
+            hosts: vec![
+                ("a".into(), None),
+                ("b".into(), None),
+                ("c".into(), Some(2)),
+            ],
+        };
+        assert_eq!(p.previous_level(), None);
+        assert_eq!(Population { hosts: vec![] }.previous_level(), None);
+    }
+
+    #[test]
+    fn every_rollout_draws_its_own_order() {
+        let hosts: Vec<String> = (0..50).map(|i| format!("h{i}")).collect();
+        let order = |rollout: &str| {
+            let mut v: Vec<(String, &String)> =
+                hosts.iter().map(|h| (order_key(rollout, h), h)).collect();
+            v.sort();
+            v.into_iter().map(|(_, h)| h.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(order("r-1"), order("r-1"));
+        assert_ne!(order("r-1")[..5], order("r-2")[..5]);
+    }
+}

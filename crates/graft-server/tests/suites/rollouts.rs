@@ -1,0 +1,505 @@
+//! Rollouts through the API, driven by the server's own rollout loop, with hosts that speak
+//! the real protocol: each round, every host asks for its desired level, "applies" it, and
+//! reports its inventory and a health sample. Which hosts misbehave, and how, is the test's
+//! choice; what the server decides from their reports is what is checked.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use graft_protocol::api::{Desired, HealthSample, Inventory, Outcome, Report};
+use graft_protocol::rollout::{Rollback, RolloutState, RolloutView, StartRollout};
+use graft_protocol::trust::SignedLevel;
+
+use crate::support::{kernel, levels_path, now_secs, Db, Fleet, LevelParts, Server};
+
+/// A host the test plays.
+struct Played {
+    id: String,
+    credential: String,
+    level: Option<u32>,
+    /// Kernel errors it reports once it runs the level under test.
+    errors_on_level: Option<u32>,
+    /// Its retransmit rate is multiplied by this on the level under test.
+    factor_on_level: f64,
+    noise: u64,
+}
+
+impl Played {
+    /// One check-in: desired state, apply if it changed, report with a health sample.
+    fn round(&mut self, server: &Server, under_test: u32, now_ms: u64) {
+        let desired: Desired = server
+            .http
+            .get("/v1/host/desired", Some(&self.credential))
+            .json(200);
+        let mut outcomes = Vec::new();
+        let patching = desired.level != self.level;
+        if patching {
+            self.level = desired.level;
+            outcomes.push(Outcome {
+                id: format!("{}-{now_ms}", self.id),
+                level: desired.level,
+                result: if desired.level.is_some() {
+                    "applied"
+                } else {
+                    "reverted"
+                }
+                .into(),
+                transition_secs: Some(0.2),
+                blockers: Vec::new(),
+                message: None,
+                at_ms: now_ms,
+            });
+        }
+        let on_test_level = self.level == Some(under_test);
+        // Noise every host has: a deterministic draw around 2 retransmits per 1,000 segments.
+        self.noise = self
+            .noise
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let jitter = (self.noise >> 33) as f64 / (1u64 << 31) as f64; // 0..1
+        let mut retransmits = 1.5 + jitter;
+        if on_test_level {
+            retransmits *= self.factor_on_level;
+        }
+        let report = Report {
+            kernel: kernel(),
+            inventory: Inventory {
+                patches: Vec::new(),
+                level: self.level,
+                taint: 0,
+                kernel_errors: if on_test_level {
+                    self.errors_on_level.unwrap_or(0)
+                } else {
+                    0
+                },
+            },
+            outcomes,
+            health: Some(HealthSample {
+                at_ms: now_ms,
+                interval_ms: 50,
+                level: self.level,
+                patching,
+                unclean_reboot: false,
+                metrics: BTreeMap::from([("tcp_retransmits".to_string(), retransmits)]),
+            }),
+        };
+        server
+            .http
+            .post("/v1/host/report", Some(&self.credential), &report)
+            .status(204);
+    }
+}
+
+/// A fleet of `n` hosts on `kernel()`, `ring=a` for the first half and `ring=b` after, with
+/// level 1 published.
+fn fleet_of(db: Db<'_>, n: usize) -> (Fleet, Server, Vec<Played>) {
+    let fleet = Fleet::new(db);
+    let server = fleet.start();
+    let enroll = server.http.token(&fleet.admin, "bootstrap", "enroll");
+    let hosts = (0..n)
+        .map(|i| {
+            let ring = if i < n / 2 { "a" } else { "b" };
+            let e =
+                server
+                    .http
+                    .enroll(&enroll, &format!("web{i:02}"), &[("ring", ring)], &kernel());
+            Played {
+                id: e.host_id,
+                credential: e.credential,
+                level: None,
+                errors_on_level: None,
+                factor_on_level: 1.0,
+                noise: i as u64 + 1,
+            }
+        })
+        .collect();
+    let publish = LevelParts::new(1, 1, &["a"]).sign(&fleet.publisher);
+    server
+        .http
+        .post(
+            &levels_path(&kernel().stream()),
+            Some(&fleet.admin),
+            &publish,
+        )
+        .status(200);
+    (fleet, server, hosts)
+}
+
+fn start(waves: &str) -> StartRollout {
+    StartRollout {
+        stream: kernel().stream(),
+        level: 1,
+        selector: None,
+        canary: None,
+        waves: waves.into(),
+        bake_ms: 400,
+        max_parallel: None,
+        lost_after_ms: Some(60_000),
+        auto_rollback: false,
+    }
+}
+
+/// Plays every host until the rollout stops running (or 30 s pass).
+fn play(server: &Server, admin: &str, hosts: &mut [Played], id: &str) -> RolloutView {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for h in hosts.iter_mut() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64;
+            h.round(server, 1, now);
+        }
+        let view: RolloutView = server
+            .http
+            .get(&format!("/v1/rollouts/{id}"), Some(admin))
+            .json(200);
+        if view.state != RolloutState::Running {
+            return view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rollout still running after 30 s: {view:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A clean level goes out wave by wave to every host; each wave's gates are recorded.
+pub fn a_clean_rollout_completes_wave_by_wave(db: Db<'_>) {
+    let (fleet, server, mut hosts) = fleet_of(db, 40);
+    let started: RolloutView = server
+        .http
+        .post("/v1/rollouts", Some(&fleet.admin), &start("25,100"))
+        .json(201);
+    assert_eq!(started.hosts, 40);
+    assert_eq!(
+        started.waves.iter().map(|w| w.target).collect::<Vec<_>>(),
+        vec![10, 40]
+    );
+    let done = play(&server, &fleet.admin, &mut hosts, &started.id);
+    assert_eq!(done.state, RolloutState::Completed, "{done:?}");
+    assert_eq!((done.treated, done.applied), (40, 40));
+    assert!(hosts.iter().all(|h| h.level == Some(1)));
+    // One decision per wave, both "continue"; the first compared 10 treated with the others,
+    // the last had no control left and says so.
+    assert_eq!(done.decisions.len(), 2, "{:?}", done.decisions);
+    assert!(done.decisions.iter().all(|d| d.decision == "continue"));
+    assert!(done.decisions[1]
+        .notes
+        .iter()
+        .any(|n| n.gate == "no-control"));
+    assert!(done.waves.iter().all(|w| w.passed_ms.is_some()));
+    // Listed, and the start audited.
+    let list: Vec<RolloutView> = server
+        .http
+        .get("/v1/rollouts", Some(&fleet.admin))
+        .json(200);
+    assert_eq!(list.len(), 1);
+    assert!(
+        list[0].decisions.is_empty(),
+        "the list leaves decisions out"
+    );
+    let audit: Vec<graft_protocol::api::AuditEntry> =
+        server.http.get("/v1/audit", Some(&fleet.admin)).json(200);
+    assert!(audit
+        .iter()
+        .any(|e| e.what.starts_with("start rollout") && e.result == "ok"));
+}
+
+/// A host that logs a kernel warning after taking the level halts the rollout in its first
+/// wave, names the host, and moves nobody else; resume accepts that host and goes on, until
+/// the next wave's host does the same.
+pub fn a_kernel_warning_halts_the_first_wave(db: Db<'_>) {
+    let (fleet, server, mut hosts) = fleet_of(db, 20);
+    for h in hosts.iter_mut() {
+        h.errors_on_level = Some(1);
+    }
+    // A canary of one host, so that the first halt is about exactly one host.
+    let mut canary = start("10,100");
+    canary.canary = Some(1);
+    let started: RolloutView = server
+        .http
+        .post("/v1/rollouts", Some(&fleet.admin), &canary)
+        .json(201);
+    assert_eq!(
+        started.waves.iter().map(|w| w.target).collect::<Vec<_>>(),
+        vec![1, 2, 20]
+    );
+    let halted = play(&server, &fleet.admin, &mut hosts, &started.id);
+    assert_eq!(halted.state, RolloutState::Halted, "{halted:?}");
+    assert_eq!(halted.wave, 1);
+    assert_eq!(halted.treated, 1, "only the canary moved");
+    let halt = halted.decisions.last().unwrap();
+    assert_eq!(halt.decision, "halt");
+    assert!(!halt.at_bake_end, "a hard gate halts at once");
+    assert_eq!(halt.reasons[0].gate, "kernel-error");
+    let moved: Vec<String> = hosts
+        .iter()
+        .filter(|h| h.level == Some(1))
+        .map(|h| h.id.clone())
+        .collect();
+    assert_eq!(halt.reasons[0].hosts, moved, "{halt:?}");
+    assert!(halted
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("kernel warnings"));
+    // Nobody else moves while it waits for a human.
+    for _ in 0..3 {
+        for h in hosts.iter_mut() {
+            h.round(&server, 1, now_secs() * 1000 + h.noise % 1000);
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert_eq!(hosts.iter().filter(|h| h.level == Some(1)).count(), 1);
+
+    // Pausing a halted rollout is refused; resume accepts the named hosts and goes on, and
+    // the next wave's hosts halt it again (they log the same warning).
+    server
+        .http
+        .post(
+            &format!("/v1/rollouts/{}/pause", started.id),
+            Some(&fleet.admin),
+            &(),
+        )
+        .error(409, "conflict");
+    let resumed: RolloutView = server
+        .http
+        .post(
+            &format!("/v1/rollouts/{}/resume", started.id),
+            Some(&fleet.admin),
+            &(),
+        )
+        .json(200);
+    assert_eq!(resumed.state, RolloutState::Running);
+    let again = play(&server, &fleet.admin, &mut hosts, &started.id);
+    assert_eq!(again.state, RolloutState::Halted, "{again:?}");
+    assert_eq!(again.wave, 2);
+    let last = again.decisions.last().unwrap();
+    assert!(
+        last.reasons[0].hosts.iter().all(|h| !moved.contains(h)),
+        "the accepted hosts are not named again: {last:?}"
+    );
+
+    // Rollback: every moved host back to no level (a revert: no signature needed).
+    let back: RolloutView = server
+        .http
+        .post(
+            &format!("/v1/rollouts/{}/rollback", started.id),
+            Some(&fleet.admin),
+            &Rollback::default(),
+        )
+        .json(200);
+    assert_eq!(back.state, RolloutState::RolledBack);
+    for h in hosts.iter_mut() {
+        h.round(&server, 1, now_secs() * 1000 + 500 + h.noise % 100);
+    }
+    assert!(
+        hosts.iter().all(|h| h.level.is_none()),
+        "every host reverted"
+    );
+    // Over: no resume, no second rollback.
+    server
+        .http
+        .post(
+            &format!("/v1/rollouts/{}/resume", started.id),
+            Some(&fleet.admin),
+            &(),
+        )
+        .error(409, "conflict");
+    server
+        .http
+        .post(
+            &format!("/v1/rollouts/{}/rollback", started.id),
+            Some(&fleet.admin),
+            &Rollback::default(),
+        )
+        .error(409, "conflict");
+}
+
+/// Treated hosts whose retransmits double halt the rollout at the end of the first wave's
+/// bake, with the metric, its effect and p-value named; the control is the hosts still on
+/// the previous level.
+pub fn a_metric_regression_halts_at_the_bake_end(db: Db<'_>) {
+    let (fleet, server, mut hosts) = fleet_of(db, 40);
+    for h in hosts.iter_mut() {
+        h.factor_on_level = 2.0;
+    }
+    let started: RolloutView = server
+        .http
+        .post("/v1/rollouts", Some(&fleet.admin), &start("25,100"))
+        .json(201);
+    let halted = play(&server, &fleet.admin, &mut hosts, &started.id);
+    assert_eq!(halted.state, RolloutState::Halted, "{halted:?}");
+    assert_eq!((halted.wave, halted.treated), (1, 10));
+    let halt = halted.decisions.last().unwrap();
+    assert!(halt.at_bake_end);
+    let r = &halt.reasons[0];
+    assert_eq!(
+        (r.gate.as_str(), r.metric.as_deref()),
+        ("metric", Some("tcp_retransmits"))
+    );
+    assert!(r.effect.unwrap() > 0.9, "{r:?}");
+    assert!(r.p_value.unwrap() < 0.01, "{r:?}");
+    assert_eq!((r.n_treatment, r.n_control), (Some(10), Some(30)));
+}
+
+/// Bad starts and actions: each a clear error, nothing stored.
+pub fn bad_rollouts_are_refused(db: Db<'_>) {
+    let (fleet, server, mut hosts) = fleet_of(db, 6);
+    let http = &server.http;
+    let refuse = |s: &StartRollout, status: u16, kind: &str, needle: &str| {
+        let e = http
+            .post("/v1/rollouts", Some(&fleet.admin), s)
+            .error(status, kind);
+        assert!(e.message.contains(needle), "{needle:?} not in {e:?}");
+    };
+    let mut s = start("1,5,25");
+    refuse(&s, 400, "invalid", "100%");
+    s = start("100");
+    s.level = 7;
+    refuse(&s, 404, "not-found", "no level 7");
+    s = start("100");
+    s.stream = "6.1.0-0-amd64@000000000000".into();
+    refuse(&s, 404, "not-found", "no stream");
+    s = start("100");
+    s.selector = Some("ring=nowhere".into());
+    refuse(&s, 400, "invalid", "matches no host");
+    s = start("100");
+    s.canary = Some(0);
+    refuse(&s, 400, "invalid", "canary");
+    let viewer = http.token(&fleet.admin, "watcher", "viewer");
+    http.post("/v1/rollouts", Some(&viewer), &start("100"))
+        .error(403, "forbidden");
+    assert_eq!(fleet.sql_i64("SELECT COUNT(*) FROM rollouts"), 0);
+
+    // One rollout per stream at a time; pause, then abort; an aborted one does not resume.
+    let mut paused_start = start("50,100");
+    paused_start.selector = Some("ring=a".into());
+    let first: RolloutView = http
+        .post("/v1/rollouts", Some(&fleet.admin), &paused_start)
+        .json(201);
+    assert_eq!(first.hosts, 3);
+    let e = http
+        .post("/v1/rollouts", Some(&fleet.admin), &start("100"))
+        .error(409, "conflict");
+    assert!(e.message.contains(&first.id), "{e:?}");
+    let paused: RolloutView = http
+        .post(
+            &format!("/v1/rollouts/{}/pause", first.id),
+            Some(&fleet.admin),
+            &(),
+        )
+        .json(200);
+    assert_eq!(paused.state, RolloutState::Paused);
+    let aborted: RolloutView = http
+        .post(
+            &format!("/v1/rollouts/{}/abort", first.id),
+            Some(&fleet.admin),
+            &(),
+        )
+        .json(200);
+    assert_eq!(aborted.state, RolloutState::Aborted);
+    let e = http
+        .post(
+            &format!("/v1/rollouts/{}/resume", first.id),
+            Some(&fleet.admin),
+            &(),
+        )
+        .error(409, "conflict");
+    assert!(e.message.contains("aborted"), "{e:?}");
+    http.get("/v1/rollouts/r-nonexistent", Some(&fleet.admin))
+        .error(404, "not-found");
+
+    // Level 2 from level 1: auto-rollback is refused (going back needs a signature), and a
+    // rollback without the re-signed metadata names the command that signs it.
+    let assign = graft_protocol::api::Assign {
+        stream: kernel().stream(),
+        level: Some(1),
+        selector: None,
+    };
+    http.post("/v1/assignments", Some(&fleet.admin), &assign)
+        .status(200);
+    for h in hosts.iter_mut() {
+        h.round(&server, 2, now_secs() * 1000 + h.noise);
+    }
+    let publish = LevelParts::new(2, 2, &["a", "b"]).sign(&fleet.publisher);
+    http.post(
+        &levels_path(&kernel().stream()),
+        Some(&fleet.admin),
+        &publish,
+    )
+    .status(200);
+    let mut s = start("100");
+    s.level = 2;
+    s.auto_rollback = true;
+    refuse(&s, 400, "invalid", "fresh signature");
+    s.auto_rollback = false;
+    let second: RolloutView = http.post("/v1/rollouts", Some(&fleet.admin), &s).json(201);
+    assert_eq!(second.from_level, Some(1));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http
+        .get(&format!("/v1/rollouts/{}", second.id), Some(&fleet.admin))
+        .json::<RolloutView>(200)
+        .treated
+        < 6
+    {
+        assert!(Instant::now() < deadline, "the wave never went out");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for h in hosts.iter_mut() {
+        h.round(&server, 2, now_secs() * 1000 + 100 + h.noise);
+    }
+    assert!(hosts.iter().all(|h| h.level == Some(2)));
+    let rollback = format!("/v1/rollouts/{}/rollback", second.id);
+    let e = http
+        .post(&rollback, Some(&fleet.admin), &Rollback::default())
+        .error(409, "conflict");
+    assert!(e.message.contains("--signing-key"), "{e:?}");
+    // Re-signed by someone the fleet does not trust: refused.
+    let level1 = LevelParts::new(1, 3, &["a"]);
+    let mut resigned = level1.sign(&fleet.publisher).signed;
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let forged = SignedLevel::sign(&resigned.peek().unwrap(), &stranger);
+    http.post(
+        &rollback,
+        Some(&fleet.admin),
+        &Rollback {
+            resigned: Some(forged),
+        },
+    )
+    .error(400, "invalid");
+    // Re-signed by the publisher with version 3: the hosts go back to level 1 and accept it.
+    resigned = level1.sign(&fleet.publisher).signed;
+    let back: RolloutView = http
+        .post(
+            &rollback,
+            Some(&fleet.admin),
+            &Rollback {
+                resigned: Some(resigned),
+            },
+        )
+        .json(200);
+    assert_eq!(back.state, RolloutState::RolledBack);
+    let desired: Desired = http
+        .get("/v1/host/desired", Some(&hosts[0].credential))
+        .json(200);
+    assert_eq!(desired.level, Some(1));
+    assert_eq!(
+        desired.signed.unwrap().peek().unwrap().version,
+        3,
+        "the re-signed metadata, newer than level 2's"
+    );
+    let audit: Vec<graft_protocol::api::AuditEntry> =
+        http.get("/v1/audit", Some(&fleet.admin)).json(200);
+    for what in ["pause rollout", "abort rollout", "rollback rollout"] {
+        assert!(
+            audit.iter().any(|e| e.what.starts_with(what)),
+            "{what} audited"
+        );
+    }
+    assert!(audit
+        .iter()
+        .any(|e| e.what.starts_with("resume rollout") && e.result != "ok"));
+}
