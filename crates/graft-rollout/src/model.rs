@@ -115,6 +115,48 @@ pub fn draw(wave: &WaveModel, seed: u64) -> Vec<HostWindow> {
     windows
 }
 
+/// One host of a simulated fleet, interval by interval: its own level of every metric (hosts
+/// differ), drawn again with the within-host noise at each interval.
+#[derive(Debug, Clone)]
+pub struct HostModel {
+    levels: Vec<f64>,
+}
+
+impl HostModel {
+    /// A host drawn from `rng`.
+    pub fn draw(rng: &mut ChaCha8Rng) -> Self {
+        Self {
+            levels: METRICS
+                .iter()
+                .map(|m| m.median * (m.between_hosts * normal(rng)).exp())
+                .collect(),
+        }
+    }
+
+    /// One interval's metrics: with the spike of a patch going live when `patching`, and
+    /// `regression`'s factors when the host runs the level under test (`None`: it does not).
+    pub fn interval(
+        &self,
+        rng: &mut ChaCha8Rng,
+        patching: bool,
+        regression: Option<&BTreeMap<String, f64>>,
+    ) -> BTreeMap<String, f64> {
+        METRICS
+            .iter()
+            .zip(&self.levels)
+            .map(|(m, level)| {
+                let mut value = level * (m.within_host * normal(rng)).exp();
+                if patching {
+                    value *= m.patching_spike;
+                } else if let Some(factors) = regression {
+                    value *= factors.get(m.name).copied().unwrap_or(1.0);
+                }
+                (m.name.to_string(), value)
+            })
+            .collect()
+    }
+}
+
 /// A standard normal draw (Box-Muller).
 fn normal(rng: &mut ChaCha8Rng) -> f64 {
     let u1: f64 = rng.gen_range(f64::EPSILON..1.0);

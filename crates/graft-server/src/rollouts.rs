@@ -339,18 +339,18 @@ pub(crate) fn hard_findings(facts: &HardFacts, gates: &GateConfig) -> Vec<Findin
 }
 
 /// Each host's samples as gate windows: the treated hosts' patching samples apart from their
-/// steady ones, each metric the mean over the window.
+/// steady ones, a control host's whole window as the reference of both; each metric the mean
+/// over the window.
 pub(crate) fn windows_of(samples: &[HostSamples]) -> Vec<HostWindow> {
     let mut out = Vec::new();
     for host in samples {
         for phase in [Phase::Patching, Phase::Steady] {
+            // A control host applies nothing in the window: all of it is what the treated
+            // hosts' patching window and their steady state are both compared with.
             let chosen: Vec<&BTreeMap<String, f64>> = host
                 .samples
                 .iter()
-                .filter(|(patching, _)| {
-                    // A control host applies nothing in the window: all of it is steady.
-                    (*patching && host.treated) == (phase == Phase::Patching)
-                })
+                .filter(|(patching, _)| !host.treated || *patching == (phase == Phase::Patching))
                 .map(|(_, m)| m)
                 .collect();
             if chosen.is_empty() {
@@ -482,7 +482,7 @@ mod tests {
             },
         ];
         let w = windows_of(&samples);
-        assert_eq!(w.len(), 3);
+        assert_eq!(w.len(), 4);
         assert_eq!(
             (w[0].phase, w[0].metrics["tcp_retransmits"]),
             (Phase::Patching, 9.0)
@@ -491,6 +491,8 @@ mod tests {
             (w[1].phase, w[1].metrics["tcp_retransmits"]),
             (Phase::Steady, 3.0)
         );
-        assert_eq!((w[2].group, w[2].phase), (Group::Control, Phase::Steady));
+        assert_eq!((w[2].group, w[2].phase), (Group::Control, Phase::Patching));
+        assert_eq!((w[3].group, w[3].phase), (Group::Control, Phase::Steady));
+        assert_eq!(w[3].metrics["tcp_retransmits"], 1.0);
     }
 }

@@ -16,6 +16,7 @@
 //!
 //! Hosts do not apply anything: the question is what the control plane sustains.
 
+mod rollout;
 mod server;
 mod wire;
 
@@ -28,6 +29,7 @@ use graft_client::{Client, ClientError};
 use graft_protocol::api::{EnrollRequest, NewToken};
 use graft_protocol::KernelId;
 
+pub use rollout::{RolloutOutcome, RolloutSim};
 pub use server::OwnServer;
 
 /// Why a simulation could not run.
@@ -76,6 +78,91 @@ pub struct Target {
     pub database_url: Option<String>,
     /// `sqlite` or `postgres`.
     pub database: String,
+    /// The publisher's private key, for a rollout's level (the simulation's own server keeps
+    /// it in its data directory).
+    pub signing_key: Option<PathBuf>,
+}
+
+/// What a simulated rollout gave.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RolloutReport {
+    /// Hosts simulated.
+    pub hosts: u64,
+    /// Seconds between a host's check-ins.
+    pub interval_s: f64,
+    /// `sqlite` or `postgres`.
+    pub database: String,
+    /// The seed of every draw.
+    pub seed: u64,
+    /// Enrollments per second.
+    pub enroll_per_s: f64,
+    /// The server's resident memory at the end, MiB.
+    pub server_rss_mib: Option<f64>,
+    /// The database's size, MiB.
+    pub db_mib: Option<f64>,
+    /// How the rollout ended.
+    pub rollout: RolloutOutcome,
+}
+
+/// Runs a staged rollout through `target` to `config.hosts` simulated hosts, all on one
+/// kernel build (see [`rollout`]).
+pub fn run_rollout(
+    config: &SimConfig,
+    sim: &RolloutSim,
+    target: &Target,
+    progress: &dyn Fn(&str),
+) -> Result<RolloutReport, SimError> {
+    if config.hosts == 0 || config.workers == 0 {
+        return Err(SimError::Option(
+            "--hosts and --workers must be at least 1".into(),
+        ));
+    }
+    for (name, rate) in [
+        ("crash-rate", sim.crash_rate),
+        ("transition-failure-rate", sim.transition_failure_rate),
+        ("stuck-rate", sim.stuck_rate),
+        ("report-share", sim.report_share),
+    ] {
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(SimError::Option(format!(
+                "--{name} {rate}: a probability from 0 to 1"
+            )));
+        }
+    }
+    let admin = Client::new(&target.url, target.ca.as_deref())?.with_secret(target.token.clone());
+    let bootstrap = admin
+        .new_token(&NewToken {
+            name: "simulation".into(),
+            role: "enroll".into(),
+        })?
+        .token;
+    progress(&format!("enrolling {} hosts", config.hosts));
+    let started = Instant::now();
+    let one_kernel = SimConfig {
+        kernels: 1,
+        ..config.clone()
+    };
+    let shares = enroll_all(&one_kernel, target, &bootstrap)?;
+    let enroll_secs = started.elapsed().as_secs_f64();
+    let shares = shares
+        .into_iter()
+        .map(|share| share.into_iter().map(|h| (h.credential, h.phase)).collect())
+        .collect();
+    let outcome = rollout::run(sim, target, shares, config.interval, progress)?;
+    Ok(RolloutReport {
+        hosts: config.hosts,
+        interval_s: config.interval.as_secs_f64(),
+        database: target.database.clone(),
+        seed: sim.seed,
+        enroll_per_s: config.hosts as f64 / enroll_secs.max(1e-9),
+        server_rss_mib: target.pid.and_then(rss_mib),
+        db_mib: match (&target.database_file, &target.database_url) {
+            (Some(file), _) => Some(db_mib(file)),
+            (None, Some(url)) => postgres_mib(url),
+            (None, None) => None,
+        },
+        rollout: outcome,
+    })
 }
 
 /// What was measured.
@@ -354,7 +441,7 @@ fn check_in_loop(
                 Ok(wire::Answer::NotModified) => {
                     not_modified.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(wire::Answer::Changed(tag)) => host.etag = tag,
+                Ok(wire::Answer::Changed(tag, _)) => host.etag = tag,
                 Err(e) => {
                     tracing::debug!("check-in failed: {e}");
                     errors.fetch_add(1, Ordering::Relaxed);

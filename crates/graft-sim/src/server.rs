@@ -17,7 +17,12 @@ pub struct OwnServer {
 impl OwnServer {
     /// Initializes a data directory in `dir` and serves it with plain HTTP on a free loopback
     /// port, using `graft` (the binary) and, if given, a PostgreSQL database.
-    pub fn start(graft: &Path, dir: &Path, database: Option<&str>) -> Result<Self, SimError> {
+    pub fn start(
+        graft: &Path,
+        dir: &Path,
+        database: Option<&str>,
+        rollout_tick_ms: Option<u64>,
+    ) -> Result<Self, SimError> {
         let data = dir.join("server");
         let init = Command::new(graft)
             .args(["server", "init", "--data"])
@@ -45,6 +50,9 @@ impl OwnServer {
         if let Some(url) = database {
             command.args(["--database", url]);
         }
+        if let Some(ms) = rollout_tick_ms {
+            command.args(["--rollout-tick-ms", &ms.to_string()]);
+        }
         let mut child = command
             .spawn()
             .map_err(|e| SimError::Server(format!("starting the server: {e}")))?;
@@ -67,6 +75,7 @@ impl OwnServer {
             pid: Some(child.id()),
             database_file: database.is_none().then(|| data.join("graft.db")),
             database_url: database.map(str::to_string),
+            signing_key: Some(data.join("publisher.key")),
             database: if database.is_some() {
                 "postgres"
             } else {

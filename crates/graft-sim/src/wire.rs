@@ -18,8 +18,8 @@ use graft_protocol::api::Desired;
 pub(crate) enum Answer {
     /// 304: the ETag still holds.
     NotModified,
-    /// 200: a (new) desired state and its ETag.
-    Changed(Option<String>),
+    /// 200: a (new) desired state's ETag and level.
+    Changed(Option<String>, Option<u32>),
 }
 
 /// One worker's way to the server.
@@ -46,7 +46,7 @@ impl Wire {
             Wire::Lean(lean) => lean.desired(credential, etag),
             Wire::Client(client) => match client.desired_as(Some(credential), etag) {
                 Ok(None) => Ok(Answer::NotModified),
-                Ok(Some((_, tag))) => Ok(Answer::Changed(tag)),
+                Ok(Some((desired, tag))) => Ok(Answer::Changed(tag, desired.level)),
                 Err(e) => Err(e.to_string()),
             },
         }
@@ -170,9 +170,9 @@ impl LeanHttp {
             200 => {
                 // What the agent does with a changed answer: read it.
                 let body = &self.buf[head_len..head_len + body_len];
-                serde_json::from_slice::<Desired>(body)
+                let desired = serde_json::from_slice::<Desired>(body)
                     .map_err(|e| format!("the desired state does not parse: {e}"))?;
-                Ok(Answer::Changed(tag))
+                Ok(Answer::Changed(tag, desired.level))
             }
             other => Err(format!(
                 "HTTP {other}: {}",

@@ -137,9 +137,15 @@ pub enum FleetCommand {
     /// temporary directory, or --database). A benchmark: it reports check-ins per second
     /// against the rate asked for, latency percentiles, errors, the server's memory and the
     /// database's size; it asserts nothing.
-    #[command(
-        after_help = "Example: graft fleet simulate --hosts 100000 --interval 60 --duration 60 --json"
-    )]
+    ///
+    /// With --rollout it runs a staged rollout instead, through the server's own driver, to
+    /// hosts on one kernel build that apply the level, report outcomes and health samples
+    /// (metrics from a seeded model of a fleet, the patching spike included), with the
+    /// trouble asked for; it ends when the rollout completes or halts, and reports how.
+    #[command(after_help = "Examples:
+  graft fleet simulate --hosts 100000 --interval 60 --duration 60 --json
+  graft fleet simulate --rollout --hosts 10000 --interval 2 --waves 1,5,25,100 --bake 6s \\
+      --seed 7 --regression tcp_retransmits=2.0 --json")]
     Simulate {
         /// Simulated hosts.
         #[arg(long, default_value_t = 10_000)]
@@ -160,6 +166,42 @@ pub enum FleetCommand {
         /// With no --server: the PostgreSQL database its own server uses.
         #[arg(long)]
         database: Option<String>,
+        /// Run a staged rollout of a level to the simulated hosts (its own server only).
+        #[arg(long)]
+        rollout: bool,
+        /// With --rollout: cumulative percentages of the hosts, ending at 100.
+        #[arg(long, default_value = "1,5,25,100", requires = "rollout")]
+        waves: String,
+        /// With --rollout: bake per wave.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, requires = "rollout")]
+        bake: Duration,
+        /// With --rollout: the seed of every draw.
+        #[arg(long, default_value_t = 1, requires = "rollout")]
+        seed: u64,
+        /// With --rollout: METRIC=FACTOR on hosts running the new level (tcp_retransmits,
+        /// io_latency_ms, softirq_pct); repeatable.
+        #[arg(
+            long = "regression",
+            value_name = "METRIC=FACTOR",
+            requires = "rollout"
+        )]
+        regressions: Vec<String>,
+        /// With --rollout: chance that a host crashes after applying.
+        #[arg(long, default_value_t = 0.0, requires = "rollout")]
+        crash_rate: f64,
+        /// With --rollout: chance that a host's transition fails.
+        #[arg(long, default_value_t = 0.0, requires = "rollout")]
+        transition_failure_rate: f64,
+        /// With --rollout: chance that a host stops reporting after applying.
+        #[arg(long, default_value_t = 0.0, requires = "rollout")]
+        stuck_rate: f64,
+        /// With --rollout: share of hosts sending a health sample each interval (default:
+        /// enough for about 4,000 samples per interval).
+        #[arg(long, requires = "rollout")]
+        report_share: Option<f64>,
+        /// With --rollout: give up after this long.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, requires = "rollout")]
+        rollout_timeout: Duration,
     },
 }
 
@@ -411,6 +453,16 @@ fn simulate(args: &FleetArgs) -> anyhow::Result<ExitCode> {
         workers,
         kernels,
         database,
+        rollout,
+        waves,
+        bake,
+        seed,
+        regressions,
+        crash_rate,
+        transition_failure_rate,
+        stuck_rate,
+        report_share,
+        rollout_timeout,
     } = &args.command
     else {
         anyhow::bail!("not a simulation");
@@ -429,6 +481,51 @@ fn simulate(args: &FleetArgs) -> anyhow::Result<ExitCode> {
         workers: *workers,
         kernels: *kernels,
     };
+    let rollout = if *rollout {
+        graft_rollout::WavePlan::parse(waves).context("--waves")?;
+        let mut regression = BTreeMap::new();
+        for r in regressions {
+            let (metric, factor) = graft_protocol::api::parse_selector(r)
+                .map_err(|_| anyhow::anyhow!("--regression {r:?}: METRIC=FACTOR"))?;
+            let factor: f64 = factor
+                .parse()
+                .ok()
+                .filter(|f: &f64| f.is_finite() && *f > 0.0)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--regression {r:?}: FACTOR is a positive number")
+                })?;
+            if !graft_rollout::model::METRICS
+                .iter()
+                .any(|m| m.name == metric)
+            {
+                anyhow::bail!(
+                    "--regression {r:?}: no metric {metric:?} (the model has {})",
+                    graft_rollout::model::METRICS
+                        .iter()
+                        .map(|m| m.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            regression.insert(metric, factor);
+        }
+        if args.server.is_some() {
+            anyhow::bail!("--rollout runs against the simulation's own server (it signs a level with that server's publisher key): drop --server");
+        }
+        Some(graft_sim::RolloutSim {
+            waves: waves.clone(),
+            bake: *bake,
+            seed: *seed,
+            regression,
+            crash_rate: *crash_rate,
+            transition_failure_rate: *transition_failure_rate,
+            stuck_rate: *stuck_rate,
+            report_share: report_share.unwrap_or((4000.0 / *hosts as f64).min(1.0)),
+            timeout: *rollout_timeout,
+        })
+    } else {
+        None
+    };
     let scratch = tempfile::tempdir().context("making a directory for the simulation's server")?;
     let own;
     let target = match &args.server {
@@ -440,14 +537,41 @@ fn simulate(args: &FleetArgs) -> anyhow::Result<ExitCode> {
             database_file: None,
             database_url: None,
             database: "unknown".into(),
+            signing_key: None,
         },
         None => {
             let exe = std::env::current_exe().context("finding the graft binary")?;
-            own = graft_sim::OwnServer::start(&exe, scratch.path(), database.as_deref())?;
+            // A rollout's driver ticks often enough for bakes of seconds.
+            let tick = rollout.as_ref().map(|_| 250);
+            own = graft_sim::OwnServer::start(&exe, scratch.path(), database.as_deref(), tick)?;
             own.target().clone()
         }
     };
     let json = args.json;
+    if let Some(sim) = &rollout {
+        let report = graft_sim::run_rollout(&config, sim, &target, &|msg| {
+            if !json {
+                eprintln!("graft fleet simulate: {msg}");
+            }
+        })?;
+        let r = &report.rollout;
+        print(json, &report, || {
+            let mut out = format!(
+                "rollout {} to {} hosts ({}, seed {}): {} in wave {} of {} after {:.0} s, {} of {} hosts moved; {} gate decisions, {} health reports, {} errors\n",
+                r.id, report.hosts, report.database, report.seed, r.state, r.wave, r.waves,
+                r.seconds, r.treated, r.hosts, r.decisions.len(), r.reports, r.errors
+            );
+            if let Some(reason) = &r.reason {
+                out += &format!("  {reason}\n");
+            }
+            out
+        })?;
+        return Ok(if r.state == "completed" || r.state == "halted" {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     let report = graft_sim::run(&config, &target, &|msg| {
         if !json {
             eprintln!("graft fleet simulate: {msg}");

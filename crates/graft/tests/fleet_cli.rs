@@ -301,3 +301,95 @@ fn the_gate_benchmark_refuses_a_plan_that_does_not_reach_every_host() {
     assert!(!output.status.success());
     assert!(text(&output.stderr).contains("no metric \"tcp\""));
 }
+
+/// `simulate --rollout`: the server's own driver moves a rollout through waves to simulated
+/// hosts; a clean level completes every wave, and one that doubles the treated hosts'
+/// retransmits halts in the first wave, with the metric named.
+#[test]
+fn simulated_rollouts_complete_clean_and_halt_on_a_regression() {
+    let rollout = |extra: &[&str]| {
+        let mut command = graft();
+        command.args([
+            "fleet",
+            "simulate",
+            "--rollout",
+            "--hosts",
+            "600",
+            "--interval",
+            "0.5",
+            "--waves",
+            "5,50,100",
+            "--bake",
+            "1500ms",
+            "--workers",
+            "4",
+            "--seed",
+            "3",
+            "--json",
+        ]);
+        command.args(extra);
+        run_json(&mut command)
+    };
+    let clean = rollout(&[]);
+    let r = &clean["rollout"];
+    assert_eq!(r["state"], "completed", "{clean}");
+    assert_eq!(
+        (r["wave"].as_u64(), r["waves"].as_u64()),
+        (Some(3), Some(3))
+    );
+    assert_eq!(r["treated"], 600);
+    let decisions = r["decisions"].as_array().unwrap();
+    assert_eq!(decisions.len(), 3, "one decision per wave: {r}");
+    assert!(decisions.iter().all(|d| d["decision"] == "continue"));
+    // Every treated host spikes while its patch goes live: reported, never a halt.
+    assert!(
+        decisions[0]["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["gate"] == "spike"),
+        "{r}"
+    );
+    assert_eq!(r["errors"], 0);
+
+    let regressed = rollout(&["--regression", "tcp_retransmits=2.0"]);
+    let r = &regressed["rollout"];
+    assert_eq!(r["state"], "halted", "{regressed}");
+    assert_eq!(r["wave"], 1);
+    assert_eq!(r["treated"], 30, "no host beyond the first wave moved");
+    assert!(
+        r["reason"].as_str().unwrap().contains("tcp_retransmits"),
+        "{r}"
+    );
+}
+
+#[test]
+fn simulated_rollouts_refuse_bad_trouble() {
+    let fails = |args: &[&str], needle: &str| {
+        let output = run(graft()
+            .args(["fleet", "simulate", "--rollout", "--hosts", "10"])
+            .args(args));
+        assert!(!output.status.success(), "{args:?}");
+        let err = text(&output.stderr);
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+    };
+    fails(&["--regression", "tcp=2"], "no metric \"tcp\"");
+    fails(&["--regression", "tcp_retransmits=-1"], "positive number");
+    fails(&["--regression", "tcp_retransmits"], "METRIC=FACTOR");
+    fails(&["--waves", "1,5"], "not at 100%");
+    fails(&["--crash-rate", "1.5"], "a probability from 0 to 1");
+    let output = run(graft().args([
+        "fleet",
+        "--server",
+        "http://127.0.0.1:9",
+        "--token",
+        "t",
+        "simulate",
+        "--rollout",
+    ]));
+    assert!(!output.status.success());
+    assert!(text(&output.stderr).contains("drop --server"));
+    // Rollout options without --rollout are refused by the parser.
+    let output = run(graft().args(["fleet", "simulate", "--waves", "1,100"]));
+    assert_eq!(output.status.code(), Some(2));
+}
