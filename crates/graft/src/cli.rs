@@ -436,11 +436,15 @@ pub enum DemoCommand {
     ///
     /// The guests have no network device: each agent reaches the server through a serial port
     /// QEMU bridges to 127.0.0.1 (`graft lab bridge`), with TLS end to end. The demo builds
-    /// three levels, publishes and assigns level 1 (every host applies it), shows a level with
+    /// five levels, publishes and assigns level 1 (every host applies it), shows a level with
     /// a bad signature refused by the server and then, served by a compromised server, by every
     /// agent (nothing loaded), publishes the cumulative level and kills the server while a host
     /// applies it, restarts it, and checks that every host ends on it having loaded it once,
-    /// with every outcome reported. Exit status 0 when all of that held.
+    /// with every outcome reported. Then two staged rollouts (a canary, then the rest, each
+    /// wave baked and gated): a clean level completes on every host; a level that logs a kernel
+    /// warning when /proc/cmdline is read (the guests read it every second) is halted by the
+    /// server before its second wave, with the reason, and rolled back by re-signing the
+    /// previous level. Exit status 0 when all of that held.
     #[command(after_help = "Example: graft demo fleet --json > summary.json")]
     Fleet(DemoFleetArgs),
 }

@@ -15,7 +15,13 @@
 //!    and refused by every agent, and nothing is loaded;
 //! 5. publish and assign the cumulative level, kill the server (SIGKILL) while a host applies
 //!    it, start it again: every host ends on it, each loaded it once, no report is lost;
-//! 6. stop the guests and check, from each guest's own kernel log, what was loaded.
+//! 6. a staged rollout of a clean level (one host, then all, each wave baked and gated): it
+//!    completes on every host;
+//! 7. a staged rollout of a level whose patched function logs a kernel warning when called
+//!    (a fixture: the guests read `/proc/cmdline` every second): the first wave's host warns,
+//!    the server halts the rollout before its second wave and says why; the operator rolls it
+//!    back, signing the previous level again, and the host returns to it;
+//! 8. stop the guests and check, from each guest's own kernel log, what was loaded.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -36,6 +42,12 @@ use crate::kernel_cmd::{ensure_kernel, target_and_cache};
 
 const FIX_1: &str = include_str!("../../../tests/cases/proc-pid-limits-header/fix.patch");
 const FIX_2: &str = include_str!("../../../tests/cases/proc-comm-write-strip-newline/fix.patch");
+const FIX_3: &str = include_str!("../../../tests/host/patches/version-a.patch");
+/// Not a fix: a level that logs a kernel warning whenever `/proc/cmdline` is read.
+const WARNS: &str = include_str!("../../../tests/fleet/cmdline-warns.patch");
+/// How long each wave of the demo's rollouts bakes: long enough for the canary to read
+/// `/proc/cmdline` and report what its kernel logged (a check-in every two seconds).
+const BAKE: Duration = Duration::from_secs(12);
 /// The guests' port on their own loopback, where the bridge listens.
 const GUEST_PORT: u16 = 8443;
 /// How long one step may take before the demo gives up on it.
@@ -58,8 +70,35 @@ pub struct Summary {
     pub server_starts: u32,
     /// The host that was applying when the server was killed.
     pub applying_when_killed: String,
+    /// The clean level's rollout, as it ended.
+    pub clean_rollout: RolloutSummary,
+    /// The warning level's rollout, as it ended (halted), before the rollback.
+    pub warning_rollout: RolloutSummary,
+    /// The host the warning level reached.
+    pub warned_host: String,
     /// Whole run, seconds.
     pub seconds: f64,
+}
+
+/// How a rollout ended.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct RolloutSummary {
+    /// Its id.
+    pub id: String,
+    /// The level.
+    pub level: u32,
+    /// `completed`, `halted`, ...
+    pub state: String,
+    /// The wave it ended in.
+    pub wave: u32,
+    /// Waves planned.
+    pub waves: usize,
+    /// Hosts moved to the level.
+    pub treated: u64,
+    /// Why it stopped, as the server tells the operator.
+    pub reason: Option<String>,
+    /// The gates that failed, each `gate: hosts`.
+    pub halted_by: Vec<String>,
 }
 
 /// One host's story.
@@ -208,7 +247,81 @@ pub fn run(args: &DemoFleetArgs) -> anyhow::Result<ExitCode> {
     })?;
     out.say(format!("   every host is on level {last}"));
 
-    out.say("== 6. stop the hosts; what each kernel loaded, and what the server holds");
+    out.say("== 6. a staged rollout of a clean level: one host, then every host, each wave baked and gated");
+    let view = crate::fleet_cmd::publish_level(&admin, &levels[3], &publisher, None, 30, false)?;
+    let clean_level = view.level;
+    out.say(format!(
+        "   published {} as level {clean_level} (the fixes so far and a third)",
+        view.module_name
+    ));
+    summary.clean_rollout = roll_out(&fleet, &out, &admin, &stream, clean_level)?;
+    if summary.clean_rollout.state != "completed" {
+        bail!(
+            "the clean level's rollout ended {}: {}",
+            summary.clean_rollout.state,
+            summary.clean_rollout.reason.as_deref().unwrap_or("")
+        );
+    }
+    fleet.wait_hosts(&out, &admin, &format!("on level {clean_level}"), |h| {
+        h.level == Some(clean_level)
+    })?;
+    out.say(format!(
+        "   completed: every host is on level {clean_level}"
+    ));
+
+    out.say(
+        "== 7. a staged rollout of a level that logs a kernel warning when /proc/cmdline is read",
+    );
+    let view = crate::fleet_cmd::publish_level(&admin, &levels[4], &publisher, None, 30, false)?;
+    let warning_level = view.level;
+    out.say(format!(
+        "   published {} as level {warning_level} (the guests read /proc/cmdline every second)",
+        view.module_name
+    ));
+    summary.warning_rollout = roll_out(&fleet, &out, &admin, &stream, warning_level)?;
+    let warned = &summary.warning_rollout;
+    if warned.state != "halted" || warned.wave != 1 || warned.treated != 1 {
+        bail!(
+            "the warning level's rollout ended {} in wave {} with {} hosts moved, not halted in its first wave",
+            warned.state,
+            warned.wave,
+            warned.treated
+        );
+    }
+    out.say(format!(
+        "   the server halted it in wave 1 of {}: {}",
+        warned.waves,
+        warned.reason.as_deref().unwrap_or("")
+    ));
+    let hosts = admin.hosts(&HostFilter::default())?;
+    let on_warning: Vec<&HostView> = hosts
+        .iter()
+        .filter(|h| h.desired == Some(warning_level))
+        .collect();
+    if on_warning.len() != 1 {
+        bail!(
+            "{} hosts were moved to the warning level, not the one canary",
+            on_warning.len()
+        );
+    }
+    summary.warned_host = on_warning[0].hostname.clone();
+    out.say(format!(
+        "   only {} took it; the others stay on level {clean_level}. The operator rolls back, signing level {clean_level} again:",
+        summary.warned_host
+    ));
+    let resigned =
+        crate::rollout_cmd::resign_previous(&admin, &warned.id, &data.join("publisher.key"), 30)?;
+    let back = admin.rollback(&warned.id, &graft_protocol::rollout::Rollback { resigned })?;
+    out.say(format!(
+        "   {}",
+        back.reason.as_deref().unwrap_or("rolled back")
+    ));
+    fleet.wait_hosts(&out, &admin, &format!("back on level {clean_level}"), |h| {
+        h.level == Some(clean_level)
+    })?;
+    out.say(format!("   every host is on level {clean_level} again"));
+
+    out.say("== 8. stop the hosts; what each kernel loaded, and what the server holds");
     let ended = fleet.stop(&out)?;
     let names: Vec<String> = levels.iter().map(|m| module_name(m)).collect();
     for h in admin.hosts(&HostFilter::default())? {
@@ -252,6 +365,7 @@ pub fn run(args: &DemoFleetArgs) -> anyhow::Result<ExitCode> {
     }
     drop(server);
     let failed = check(&summary, &names, refused_level, last);
+    let failed = failed.or_else(|| check_rollouts(&summary, &names, clean_level, warning_level));
     summary.seconds = started.elapsed().as_secs_f64();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -260,7 +374,7 @@ pub fn run(args: &DemoFleetArgs) -> anyhow::Result<ExitCode> {
         bail!("the fleet demo failed: {why}");
     }
     out.say(format!(
-        "== done in {:.0} s: signed levels applied once each, the forged one refused everywhere, the outage survived",
+        "== done in {:.0} s: signed levels applied once each, the forged one refused everywhere, the outage survived, a clean rollout completed, a warning one halted in its first wave and rolled back",
         summary.seconds
     ));
     Ok(ExitCode::SUCCESS)
@@ -278,10 +392,7 @@ fn check(summary: &Summary, names: &[String], refused: u32, last: u32) -> Option
         if h.exit_code != 0 {
             return Some(format!("{name}'s guest ended with status {}", h.exit_code));
         }
-        if h.level != Some(last) {
-            return Some(format!("{name} ends on level {}", level_text(h.level)));
-        }
-        if h.outcomes != want_outcomes {
+        if h.outcomes.get(..3) != Some(&want_outcomes[..]) {
             return Some(format!(
                 "{name}'s outcomes are [{}], not [{}]",
                 h.outcomes.join(", "),
@@ -300,8 +411,104 @@ fn check(summary: &Summary, names: &[String], refused: u32, last: u32) -> Option
     None
 }
 
-/// Level 1 (the first fix), the attacker's level (both fixes), and the cumulative level 3
-/// (both fixes), each a module of its own name.
+/// What must hold of the rollouts at the end; the first thing that does not. Every host ends
+/// on the clean level; only the warned host took the warning level, once, and went back.
+fn check_rollouts(summary: &Summary, names: &[String], clean: u32, warning: u32) -> Option<String> {
+    if !summary
+        .warning_rollout
+        .halted_by
+        .iter()
+        .any(|g| g.starts_with("kernel-error"))
+    {
+        return Some(format!(
+            "the warning level's rollout was not halted by its kernel warning: {:?}",
+            summary.warning_rollout.halted_by
+        ));
+    }
+    for (name, h) in &summary.hosts {
+        let warned = *name == summary.warned_host;
+        let mut want = vec![format!("applied {clean}")];
+        if warned {
+            want.extend([format!("applied {warning}"), format!("applied {clean}")]);
+        }
+        if h.level != Some(clean) {
+            return Some(format!("{name} ends on level {}", level_text(h.level)));
+        }
+        if h.outcomes.get(3..) != Some(&want[..]) {
+            return Some(format!(
+                "{name}'s rollout outcomes are [{}], not [{}]",
+                h.outcomes.get(3..).unwrap_or_default().join(", "),
+                want.join(", ")
+            ));
+        }
+        let loads = [
+            (&names[3], if warned { 2 } else { 1 }),
+            (&names[4], usize::from(warned)),
+        ];
+        for (module, want) in loads {
+            let got = h.loads.get(module).copied().unwrap_or(0);
+            if got != want {
+                return Some(format!(
+                    "{name}'s kernel enabled {module} {got} times, not {want}"
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// Starts a rollout of `level` in two waves (one host, then all) and follows it until it is
+/// no longer running.
+fn roll_out(
+    fleet: &Fleet,
+    out: &Narrator,
+    admin: &Client,
+    stream: &str,
+    level: u32,
+) -> anyhow::Result<RolloutSummary> {
+    let started = admin.start_rollout(&graft_protocol::rollout::StartRollout {
+        stream: stream.to_string(),
+        level,
+        selector: None,
+        canary: Some(1),
+        waves: "100".into(),
+        bake_ms: u64::try_from(BAKE.as_millis()).unwrap_or(u64::MAX),
+        max_parallel: None,
+        lost_after_ms: Some(120_000),
+        auto_rollback: false,
+    })?;
+    out.say(format!(
+        "   rollout {}: level {level} to {} hosts, a canary of 1 then the rest, {} s bake per wave",
+        started.id,
+        started.hosts,
+        BAKE.as_secs()
+    ));
+    let view = fleet.wait(out, &format!("done with rollout {}", started.id), || {
+        let v = admin.rollout(&started.id)?;
+        Ok((v.state != graft_protocol::rollout::RolloutState::Running).then_some(v))
+    })?;
+    let halted_by = view
+        .decisions
+        .iter()
+        .filter(|d| d.decision == "halt")
+        .flat_map(|d| &d.reasons)
+        .map(|r| format!("{}: {}", r.gate, r.hosts.join(", ")))
+        .collect();
+    Ok(RolloutSummary {
+        id: view.id,
+        level,
+        state: view.state.as_str().to_string(),
+        wave: view.wave,
+        waves: view.waves.len(),
+        treated: view.treated,
+        reason: view.reason,
+        halted_by,
+    })
+}
+
+/// Level 1 (the first fix), the attacker's level (both fixes), the cumulative level 3 (both
+/// fixes), the clean level 4 (a third fix) and level 5 (which warns), each a module of its
+/// own name.
 fn build_levels(
     out: &Narrator,
     cache: &graft_cache::Cache,
@@ -310,8 +517,12 @@ fn build_levels(
 ) -> anyhow::Result<Vec<PathBuf>> {
     let fix_1 = work.join("limits-header.patch");
     let fix_2 = work.join("comm-write.patch");
+    let fix_3 = work.join("version.patch");
+    let warns = work.join("cmdline-warns.patch");
     std::fs::write(&fix_1, FIX_1)?;
     std::fs::write(&fix_2, FIX_2)?;
+    std::fs::write(&fix_3, FIX_3)?;
+    std::fs::write(&warns, WARNS)?;
     let plan = [
         (
             "fleet_level_1",
@@ -325,8 +536,18 @@ fn build_levels(
         ),
         (
             "fleet_level_3",
-            vec![fix_1, fix_2],
+            vec![fix_1.clone(), fix_2.clone()],
             "cumulative: the limits header and /proc/<pid>/comm",
+        ),
+        (
+            "fleet_level_4",
+            vec![fix_1.clone(), fix_2.clone(), fix_3.clone()],
+            "cumulative, and a line in /proc/version",
+        ),
+        (
+            "fleet_level_5",
+            vec![fix_1, fix_2, fix_3, warns],
+            "cumulative, and a kernel warning at every read of /proc/cmdline",
         ),
     ];
     let progress = graft_progress::silent();
@@ -445,7 +666,15 @@ impl ServerProcess {
     fn start(exe: &Path, data: &Path, listen: &str) -> anyhow::Result<Self> {
         let mut command = Command::new(exe);
         command
-            .args(["server", "run", "--listen", listen, "--data"])
+            .args([
+                "server",
+                "run",
+                "--rollout-tick-ms",
+                "500",
+                "--listen",
+                listen,
+                "--data",
+            ])
             .arg(data)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -719,8 +948,12 @@ GRAFT_LOG=warn,graft_agent=info graft agent --server https://127.0.0.1:{GUEST_PO
   --hostname {host} --label demo=fleet --interval {INTERVAL_SECS} \
   --state-dir /var/lib/graft-agent --graft-state /var/lib/graft 2>&1 &
 agent=$!
+# What the host runs: something reads /proc/cmdline every second.
+(while sleep 1; do cat /proc/cmdline >/dev/null; done) &
+work=$!
 wait $bridge
 rc=$?
+kill $work 2>/dev/null
 kill $agent 2>/dev/null
 wait $agent 2>/dev/null
 echo "live patches: $(ls /sys/kernel/livepatch | tr '\n' ' ')"

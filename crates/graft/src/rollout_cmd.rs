@@ -233,7 +233,7 @@ fn wait_for(client: &Client, json: bool, id: &str, timeout: Duration) -> anyhow:
 }
 
 /// The previous level's metadata, signed again with a version above every one of the stream.
-fn resign_previous(
+pub(crate) fn resign_previous(
     client: &Client,
     id: &str,
     key_path: &std::path::Path,
