@@ -9,6 +9,7 @@ packages=(
 	patch # applying source patches in graft build
 	xz-utils kmod cpio # tests cross-check graft with the kernel's own scripts
 	postgresql # the fleet server's tests run its API on a real PostgreSQL (their own cluster)
+	chromium chromium-driver # the dashboard's test loads it in a real headless browser
 )
 
 missing=()

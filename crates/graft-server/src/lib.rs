@@ -22,10 +22,12 @@ use std::time::Duration;
 
 mod auth;
 mod checkins;
+mod dashboard;
 mod error;
 mod extract;
 mod init;
 mod lastseen;
+mod metrics;
 mod openapi;
 mod rollouts;
 mod routes;
@@ -124,6 +126,9 @@ pub(crate) struct Shared {
     pub store: Store,
     pub last_seen: Arc<LastSeen>,
     pub checkins: checkins::CheckinCache,
+    pub counters: metrics::Counters,
+    /// Served over TLS (the dashboard's cookie is then `Secure`).
+    pub tls: bool,
 }
 
 impl std::ops::Deref for AppState {
@@ -256,6 +261,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         store: store.clone(),
         last_seen: last_seen.clone(),
         checkins: checkins::CheckinCache::new(config.checkin_cache),
+        counters: metrics::Counters::default(),
+        tls: !config.insecure_http,
     }));
     let app = routes::router(state.clone()).into_make_service();
     let handle = axum_server::Handle::new();

@@ -17,6 +17,7 @@ mod support;
 use rollouts::{
     a_clean_rollout_completes_wave_by_wave, a_kernel_warning_halts_the_first_wave,
     a_metric_regression_halts_at_the_bake_end, bad_rollouts_are_refused,
+    the_dashboard_shows_a_halted_rollout,
 };
 
 use std::io::{Read as _, Write as _};
@@ -779,6 +780,11 @@ fn sqlite_bad_rollouts_are_refused() {
 }
 
 #[test]
+fn sqlite_the_dashboard_shows_a_halted_rollout() {
+    the_dashboard_shows_a_halted_rollout(Db::Sqlite);
+}
+
+#[test]
 fn sqlite_enroll_and_poll_desired() {
     enroll_and_poll_desired(Db::Sqlite);
 }
@@ -890,6 +896,7 @@ fn postgres() {
         a_kernel_warning_halts_the_first_wave,
         a_metric_regression_halts_at_the_bake_end,
         bad_rollouts_are_refused,
+        the_dashboard_shows_a_halted_rollout,
         replicas_share_one_database,
     );
     // Last: it stops the cluster.

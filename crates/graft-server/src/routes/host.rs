@@ -37,9 +37,11 @@ pub(crate) async fn desired(
     let tag = &entry.answer.tag;
     let tag_header = HeaderValue::from_str(tag).map_err(|e| Failure::internal(e.to_string()))?;
     if matches_tag(&headers, tag) {
+        crate::metrics::Counters::add(&state.counters.checkins_unchanged);
         return Ok((StatusCode::NOT_MODIFIED, [(ETAG, tag_header)]).into_response());
     }
     // 4. The level and the publisher's signed metadata, as stored.
+    crate::metrics::Counters::add(&state.counters.checkins_changed);
     Ok((
         [
             (ETAG, tag_header),
@@ -132,6 +134,7 @@ pub(crate) async fn report(
         .await?
         .ok_or_else(|| Failure::unauthorized(format!("host {} is unknown", host.id)))?;
     state.store.report(&row, &report, crate::now_ms()).await?;
+    crate::metrics::Counters::add(&state.counters.reports);
     if report.kernel != row.kernel {
         // The host moved to another stream: its answer changed.
         state.checkins.invalidate();

@@ -25,6 +25,15 @@ pub(crate) const DEFAULT_LIST: u32 = 1_000;
 /// The application. Paths must match [`crate::openapi::ENDPOINTS`] (the tests check both ways).
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(crate::dashboard::index))
+        .route(
+            "/login",
+            get(crate::dashboard::login_page).post(crate::dashboard::login),
+        )
+        .route("/logout", get(crate::dashboard::logout))
+        .route("/rollouts/{id}", get(crate::dashboard::rollout))
+        .route("/hosts", get(crate::dashboard::hosts))
+        .route("/metrics", get(crate::metrics::metrics))
         .route("/v1/health", get(health))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/enroll", post(enroll::enroll))

@@ -605,6 +605,51 @@ impl Store {
         Ok(())
     }
 
+    /// Hosts per stream and reported level (`None`: no level), not revoked.
+    pub async fn hosts_by_level(&self) -> Result<Vec<(String, Option<u32>, u64)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT stream, level, COUNT(*) AS n FROM hosts WHERE revoked_ms IS NULL \
+             GROUP BY stream, level ORDER BY stream, level",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("stream")?, opt_int(r, "level")?, int(r, "n")?)))
+            .collect()
+    }
+
+    /// The rollout's health samples, newest `limit` of them: when, whether the host ran the
+    /// rollout's level (treatment) or not (control), in its patching window or not, and the
+    /// metrics.
+    pub async fn rollout_samples(
+        &self,
+        row: &RolloutRow,
+        limit: i64,
+    ) -> Result<Vec<(u64, bool, bool, BTreeMap<String, f64>)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT s.at_ms, s.patching, s.metrics, \
+             CASE WHEN rh.wave IS NOT NULL AND s.level = $2 THEN 1 ELSE 0 END AS treated \
+             FROM health s JOIN rollout_hosts rh ON rh.host_id = s.host_id \
+             WHERE rh.rollout_id = $1 AND s.at_ms >= $3 ORDER BY s.at_ms DESC LIMIT $4",
+        )
+        .bind(&row.id)
+        .bind(i64::from(row.level))
+        .bind(ms(row.created_ms))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    int(r, "at_ms")?,
+                    r.try_get::<i64, _>("treated")? != 0,
+                    r.try_get::<i64, _>("patching")? != 0,
+                    json_column(r, "metrics")?,
+                ))
+            })
+            .collect()
+    }
+
     /// Forgets health samples older than `before_ms`.
     pub async fn prune_health(&self, before_ms: u64) -> Result<u64, sqlx::Error> {
         let done = sqlx::query("DELETE FROM health WHERE at_ms < $1")

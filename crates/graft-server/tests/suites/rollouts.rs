@@ -3,6 +3,8 @@
 //! reports its inventory and a health sample. Which hosts misbehave, and how, is the test's
 //! choice; what the server decides from their reports is what is checked.
 
+#![allow(dead_code, reason = "each test binary uses a part of the suite")]
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -13,7 +15,7 @@ use graft_protocol::trust::SignedLevel;
 use crate::support::{kernel, levels_path, now_secs, Db, Fleet, LevelParts, Server};
 
 /// A host the test plays.
-struct Played {
+pub struct Played {
     id: String,
     credential: String,
     level: Option<u32>,
@@ -92,7 +94,7 @@ impl Played {
 
 /// A fleet of `n` hosts on `kernel()`, `ring=a` for the first half and `ring=b` after, with
 /// level 1 published.
-fn fleet_of(db: Db<'_>, n: usize) -> (Fleet, Server, Vec<Played>) {
+pub fn fleet_of(db: Db<'_>, n: usize) -> (Fleet, Server, Vec<Played>) {
     let fleet = Fleet::new(db);
     let server = fleet.start();
     let enroll = server.http.token(&fleet.admin, "bootstrap", "enroll");
@@ -125,7 +127,7 @@ fn fleet_of(db: Db<'_>, n: usize) -> (Fleet, Server, Vec<Played>) {
     (fleet, server, hosts)
 }
 
-fn start(waves: &str) -> StartRollout {
+pub fn start(waves: &str) -> StartRollout {
     StartRollout {
         stream: kernel().stream(),
         level: 1,
@@ -140,7 +142,7 @@ fn start(waves: &str) -> StartRollout {
 }
 
 /// Plays every host until the rollout stops running (or 30 s pass).
-fn play(server: &Server, admin: &str, hosts: &mut [Played], id: &str) -> RolloutView {
+pub fn play(server: &Server, admin: &str, hosts: &mut [Played], id: &str) -> RolloutView {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         for h in hosts.iter_mut() {
@@ -502,4 +504,125 @@ pub fn bad_rollouts_are_refused(db: Db<'_>) {
     assert!(audit
         .iter()
         .any(|e| e.what.starts_with("resume rollout") && e.result != "ok"));
+}
+
+/// A fleet of 40 hosts whose rollout of level 1 halted in its first wave: the treated hosts'
+/// retransmits doubled.
+pub fn halted_rollout(db: Db<'_>) -> (Fleet, Server, RolloutView) {
+    let (fleet, server, mut hosts) = fleet_of(db, 40);
+    for h in hosts.iter_mut() {
+        h.factor_on_level = 2.0;
+    }
+    let started: RolloutView = server
+        .http
+        .post("/v1/rollouts", Some(&fleet.admin), &start("25,100"))
+        .json(201);
+    let halted = play(&server, &fleet.admin, &mut hosts, &started.id);
+    assert_eq!(halted.state, RolloutState::Halted, "{halted:?}");
+    (fleet, server, halted)
+}
+
+/// The dashboard of a halted rollout, as a browser without script gets it: sign-in with an
+/// operator token kept in an HttpOnly cookie, the rollout list, the rollout's charts and
+/// decisions, the host table with filters; and `/metrics` for a scraper's bearer token.
+pub fn the_dashboard_shows_a_halted_rollout(db: Db<'_>) {
+    let (fleet, server, started) = halted_rollout(db);
+    let http = &server.http;
+    let viewer = http.token(&fleet.admin, "wall-screen", "viewer");
+
+    // Signed out: every page sends to the sign-in form; a wrong token is refused there.
+    let answer = http.get("/", None);
+    assert_eq!(answer.status, 303);
+    assert_eq!(answer.header("location").as_deref(), Some("/login"));
+    let login = http.get("/login", None);
+    assert!(text(&login, 200).contains("name=\"token\""));
+    let form = |token: &str| {
+        http.request(
+            "POST",
+            "/login",
+            None,
+            Some(format!("token={token}").into_bytes()),
+            &[("content-type", "application/x-www-form-urlencoded")],
+        )
+        .unwrap()
+    };
+    let refused = form("not-a-token");
+    assert!(text(&refused, 401).contains("unknown credential"));
+    let signed = form(&viewer);
+    assert_eq!(signed.status, 303);
+    let cookie = signed.header("set-cookie").unwrap();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap().to_string();
+    let page = |path: &str, status: u16| {
+        text(
+            &http
+                .request("GET", path, None, None, &[("cookie", &session)])
+                .unwrap(),
+            status,
+        )
+    };
+
+    // The list: the rollout, halted, in wave 1; hosts per level.
+    let index = page("/", 200);
+    assert!(index.contains(&started.id), "{index}");
+    assert!(index.contains("badge halted"), "{index}");
+    assert!(index.contains("wall-screen (viewer)"));
+    assert!(
+        index.contains("<td class=\"n\">1</td><td class=\"n\">10</td>"),
+        "10 hosts on level 1: {index}"
+    );
+    // The rollout: why it halted, a chart per metric, the decision with its numbers.
+    let detail = page(&format!("/rollouts/{}", started.id), 200);
+    assert!(detail.contains("id=\"reason\""), "{detail}");
+    assert!(
+        detail.contains("tcp_retransmits is higher on treated hosts"),
+        "{detail}"
+    );
+    assert!(detail.contains("<svg class=\"chart\" data-metric=\"tcp_retransmits\""));
+    assert!(detail.contains("class=\"treatment\"") && detail.contains("class=\"control\""));
+    assert!(detail.contains("badge halt"), "{detail}");
+    assert!(detail.contains("10 vs 30"), "the groups' sizes: {detail}");
+    page("/rollouts/r-unknown", 404);
+    // Hosts, filtered; names are escaped.
+    let on_level = page("/hosts?level=1", 200);
+    assert!(on_level.contains("10 hosts shown"), "{on_level}");
+    assert!(page("/hosts?label=ring%3Da", 200).contains("20 hosts shown"));
+    assert!(page("/hosts?health=bogus", 400).contains("neither healthy nor unhealthy"));
+    let enroll = http.token(&fleet.admin, "late", "enroll");
+    http.enroll(&enroll, "<script>alert(1)</script>", &[], &kernel());
+    let all = page("/hosts", 200);
+    assert!(all.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(!all.contains("<script>alert"));
+
+    // Metrics for a scraper's token; none without one.
+    http.get("/metrics", None).error(401, "unauthorized");
+    let metrics = text(&http.get("/metrics", Some(&viewer)), 200);
+    for line in [
+        "graft_rollouts{state=\"halted\"} 1",
+        "graft_gate_decisions{decision=\"halt\",gate=\"metric\"} 1",
+        &format!(
+            "graft_hosts{{stream=\"{}\",level=\"1\"}} 10",
+            kernel().stream()
+        ),
+        &format!(
+            "graft_rollout_wave{{rollout=\"{}\",stream=\"{}\",level=\"1\",state=\"halted\"}} 1",
+            started.id,
+            kernel().stream()
+        ),
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+    assert!(metrics.contains("# TYPE graft_checkins_total counter"));
+    // Sign out: the cookie is cleared.
+    let out = http.get("/logout", None);
+    assert_eq!(out.status, 303);
+    assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
+}
+
+fn text(answer: &crate::support::Answer, status: u16) -> String {
+    answer.status(status);
+    String::from_utf8(answer.body.clone()).unwrap()
 }

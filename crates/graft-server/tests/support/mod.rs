@@ -232,6 +232,8 @@ impl Client {
     pub fn new(base: String, ca: Option<&[u8]>) -> Self {
         let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            // A redirect is an answer to look at (the dashboard's sign-in), not to follow.
+            .max_redirects(0)
             .timeout_global(Some(Duration::from_secs(120)));
         if let Some(ca) = ca {
             let cert = ureq::tls::Certificate::from_pem(ca).unwrap();
@@ -265,7 +267,11 @@ impl Client {
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
+        let typed = headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("content-type"));
         let response = match body {
+            Some(body) if typed => self.agent.run(builder.body(body).unwrap())?,
             Some(body) => self.agent.run(
                 builder
                     .header("content-type", "application/json")
