@@ -94,6 +94,16 @@ pub enum RolloutState {
 }
 
 impl RolloutState {
+    /// Every state, in the order a rollout may pass through them.
+    pub const ALL: [RolloutState; 6] = [
+        RolloutState::Running,
+        RolloutState::Paused,
+        RolloutState::Halted,
+        RolloutState::Completed,
+        RolloutState::Aborted,
+        RolloutState::RolledBack,
+    ];
+
     /// Its name on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -108,16 +118,7 @@ impl RolloutState {
 
     /// The state a name stands for.
     pub fn parse(text: &str) -> Option<Self> {
-        [
-            RolloutState::Running,
-            RolloutState::Paused,
-            RolloutState::Halted,
-            RolloutState::Completed,
-            RolloutState::Aborted,
-            RolloutState::RolledBack,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
     }
 
     /// No further change is possible.
@@ -291,14 +292,7 @@ mod tests {
 
     #[test]
     fn states_round_trip_by_name() {
-        for s in [
-            RolloutState::Running,
-            RolloutState::Paused,
-            RolloutState::Halted,
-            RolloutState::Completed,
-            RolloutState::Aborted,
-            RolloutState::RolledBack,
-        ] {
+        for s in RolloutState::ALL {
             assert_eq!(RolloutState::parse(s.as_str()), Some(s));
             let json = serde_json::to_string(&s).unwrap();
             assert_eq!(json, format!("\"{}\"", s.as_str()));

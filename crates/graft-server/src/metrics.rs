@@ -96,14 +96,7 @@ pub(crate) async fn metrics(
         "gauge",
         "Rollouts per state (of the newest 100).",
     );
-    for s in [
-        RolloutState::Running,
-        RolloutState::Paused,
-        RolloutState::Halted,
-        RolloutState::Completed,
-        RolloutState::Aborted,
-        RolloutState::RolledBack,
-    ] {
+    for s in RolloutState::ALL {
         let n = rollouts.iter().filter(|r| r.state == s).count();
         let _ = writeln!(out, "graft_rollouts{{state=\"{}\"}} {n}", s.as_str());
     }

@@ -324,16 +324,7 @@ pub fn a_kernel_warning_halts_the_first_wave(db: Db<'_>) {
 /// bake, with the metric, its effect and p-value named; the control is the hosts still on
 /// the previous level.
 pub fn a_metric_regression_halts_at_the_bake_end(db: Db<'_>) {
-    let (fleet, server, mut hosts) = fleet_of(db, 40);
-    for h in hosts.iter_mut() {
-        h.factor_on_level = 2.0;
-    }
-    let started: RolloutView = server
-        .http
-        .post("/v1/rollouts", Some(&fleet.admin), &start("25,100"))
-        .json(201);
-    let halted = play(&server, &fleet.admin, &mut hosts, &started.id);
-    assert_eq!(halted.state, RolloutState::Halted, "{halted:?}");
+    let (_fleet, _server, halted) = halted_rollout(db);
     assert_eq!((halted.wave, halted.treated), (1, 10));
     let halt = halted.decisions.last().unwrap();
     assert!(halt.at_bake_end);
