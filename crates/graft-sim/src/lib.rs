@@ -29,7 +29,7 @@ use graft_client::{Client, ClientError};
 use graft_protocol::api::{EnrollRequest, NewToken};
 use graft_protocol::KernelId;
 
-pub use rollout::{RolloutOutcome, RolloutSim};
+pub use rollout::{RolloutOutcome, RolloutSim, SimFleet};
 pub use server::OwnServer;
 
 /// Why a simulation could not run.
@@ -112,11 +112,28 @@ pub fn run_rollout(
     target: &Target,
     progress: &dyn Fn(&str),
 ) -> Result<RolloutReport, SimError> {
-    if config.hosts == 0 || config.workers == 0 {
-        return Err(SimError::Option(
-            "--hosts and --workers must be at least 1".into(),
-        ));
-    }
+    check_trouble(sim)?;
+    let (mut fleet, enroll_per_s) = enroll_fleet(config, target, progress)?;
+    let outcome = fleet.rollout(sim, progress)?;
+    drop(fleet);
+    Ok(RolloutReport {
+        hosts: config.hosts,
+        interval_s: config.interval.as_secs_f64(),
+        database: target.database.clone(),
+        seed: sim.seed,
+        enroll_per_s,
+        server_rss_mib: target.pid.and_then(rss_mib),
+        db_mib: match (&target.database_file, &target.database_url) {
+            (Some(file), _) => Some(db_mib(file)),
+            (None, Some(url)) => postgres_mib(url),
+            (None, None) => None,
+        },
+        rollout: outcome,
+    })
+}
+
+/// The probabilities of a run's trouble, checked.
+pub fn check_trouble(sim: &RolloutSim) -> Result<(), SimError> {
     for (name, rate) in [
         ("crash-rate", sim.crash_rate),
         ("transition-failure-rate", sim.transition_failure_rate),
@@ -128,6 +145,21 @@ pub fn run_rollout(
                 "--{name} {rate}: a probability from 0 to 1"
             )));
         }
+    }
+    Ok(())
+}
+
+/// Enrolls `config.hosts` hosts on one kernel build and starts their check-ins: a fleet for
+/// one rollout or many; and the enrollment rate.
+pub fn enroll_fleet(
+    config: &SimConfig,
+    target: &Target,
+    progress: &dyn Fn(&str),
+) -> Result<(SimFleet, f64), SimError> {
+    if config.hosts == 0 || config.workers == 0 {
+        return Err(SimError::Option(
+            "--hosts and --workers must be at least 1".into(),
+        ));
     }
     let admin = Client::new(&target.url, target.ca.as_deref())?.with_secret(target.token.clone());
     let bootstrap = admin
@@ -143,26 +175,13 @@ pub fn run_rollout(
         ..config.clone()
     };
     let shares = enroll_all(&one_kernel, target, &bootstrap)?;
-    let enroll_secs = started.elapsed().as_secs_f64();
+    let enroll_per_s = config.hosts as f64 / started.elapsed().as_secs_f64().max(1e-9);
     let shares = shares
         .into_iter()
         .map(|share| share.into_iter().map(|h| (h.credential, h.phase)).collect())
         .collect();
-    let outcome = rollout::run(sim, target, shares, config.interval, progress)?;
-    Ok(RolloutReport {
-        hosts: config.hosts,
-        interval_s: config.interval.as_secs_f64(),
-        database: target.database.clone(),
-        seed: sim.seed,
-        enroll_per_s: config.hosts as f64 / enroll_secs.max(1e-9),
-        server_rss_mib: target.pid.and_then(rss_mib),
-        db_mib: match (&target.database_file, &target.database_url) {
-            (Some(file), _) => Some(db_mib(file)),
-            (None, Some(url)) => postgres_mib(url),
-            (None, None) => None,
-        },
-        rollout: outcome,
-    })
+    let fleet = SimFleet::start(target, shares, config.interval)?;
+    Ok((fleet, enroll_per_s))
 }
 
 /// What was measured.

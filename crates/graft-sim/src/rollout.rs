@@ -1,27 +1,30 @@
-//! `graft fleet simulate --rollout`: a staged rollout through the real server, to simulated
-//! hosts that behave like a fleet, trouble included.
+//! `graft fleet simulate --rollout` and `graft bench rollouts`: staged rollouts through the
+//! real server, to simulated hosts that behave like a fleet, trouble included.
 //!
-//! The steps:
-//! 1. every host enrolls on one kernel build; level 1 of its stream is published, signed with
-//!    the publisher's key;
-//! 2. a rollout of level 1 starts (`--waves`, `--bake`), and the server's own driver moves it;
-//! 3. each host checks in once per interval at its phase, as agents do; a host whose desired
-//!    level changed "applies" it: its transition may fail (`--transition-failure-rate`), it may
-//!    crash and come back (`--crash-rate`, an unclean reboot in its next sample) or stop
-//!    reporting (`--stuck-rate`); it reports the outcome and a health sample of the patching
-//!    window (the spike every host shows while a patch goes live);
-//! 4. between applies, a share of the hosts (`--report-share`) sends a health sample each
-//!    interval: metrics from a seeded model of a fleet (hosts differ, intervals are noisy),
-//!    with `--regression METRIC=FACTOR` on hosts that run the new level;
-//! 5. it ends when the rollout is no longer running: completed, or halted with its reason.
+//! A [`SimFleet`] is enrolled once, on one kernel build; its hosts then check in once per
+//! interval at their phase, as agents do, from worker threads that run until the fleet is
+//! dropped. Each [`SimFleet::rollout`]:
+//! 1. publishes the stream's next level, signed with the publisher's key, and starts a rollout
+//!    of it (`--waves`, `--bake`), which the server's own driver moves;
+//! 2. tells the hosts what this run injects. A host whose desired level changed "applies" it:
+//!    its transition may fail, it may crash and come back (an unclean reboot in its next
+//!    sample) or stop reporting; it reports the outcome and a sample of the patching window
+//!    (the spike every host shows while a patch goes live). Hosts on the level under test
+//!    report a health sample every interval, as agents do; of the others, a share does
+//!    (`--report-share`), enough for the control. Metrics come from a seeded model of a fleet
+//!    (hosts differ, intervals are noisy), redrawn for every run, with the run's regression on
+//!    hosts that run the level under test;
+//! 3. follows the rollout until it is no longer running;
+//! 4. if it did not complete, aborts it and assigns its level to every host, then waits until
+//!    they all run it, so that the next run starts from one level.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use graft_client::{Client, ClientError};
-use graft_protocol::api::{HealthSample, Inventory, Outcome, Report};
+use graft_protocol::api::{Assign, HealthSample, HostFilter, Inventory, Outcome, Report};
 use graft_protocol::rollout::{GateDecision, RolloutState, RolloutView, StartRollout};
 use graft_rollout::model::HostModel;
 use rand::{Rng, SeedableRng};
@@ -29,10 +32,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::{wire, SimError, Target};
 
-/// The level the simulated rollout takes hosts to.
-const LEVEL: u32 = 1;
-
-/// What trouble to inject, and how the rollout runs.
+/// What one run injects, and how its rollout runs.
 #[derive(Clone, Debug)]
 pub struct RolloutSim {
     /// Cumulative percentages, ending at 100.
@@ -49,17 +49,19 @@ pub struct RolloutSim {
     pub transition_failure_rate: f64,
     /// Chance that a host stops reporting after applying.
     pub stuck_rate: f64,
-    /// Share of hosts that send a health sample in an interval without an apply.
+    /// Share of hosts not on the level under test that send a health sample in an interval.
     pub report_share: f64,
     /// Give up after this long.
     pub timeout: Duration,
 }
 
-/// How the rollout ended: what `--json` shows under `rollout`.
+/// How a rollout ended: what `--json` shows under `rollout`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RolloutOutcome {
     /// The rollout's id.
     pub id: String,
+    /// The level it rolled out.
+    pub level: u32,
     /// `completed` or `halted` (or `running`, if it timed out).
     pub state: String,
     /// The wave it ended in, from 1.
@@ -74,12 +76,26 @@ pub struct RolloutOutcome {
     pub treated: u64,
     /// Seconds from start to end.
     pub seconds: f64,
-    /// Health reports sent.
+    /// Health reports sent during the run.
     pub reports: u64,
-    /// Failed requests.
+    /// Failed requests during the run.
     pub errors: u64,
     /// Every gate decision the server logged.
     pub decisions: Vec<GateDecision>,
+}
+
+/// What the hosts are told about the current run.
+#[derive(Clone, Debug)]
+struct Run {
+    /// Changes with every run: hosts redraw their model.
+    epoch: u64,
+    seed: u64,
+    level: u32,
+    regression: BTreeMap<String, f64>,
+    crash_rate: f64,
+    transition_failure_rate: f64,
+    stuck_rate: f64,
+    report_share: f64,
 }
 
 /// One simulated host.
@@ -89,57 +105,55 @@ struct Host {
     phase: f64,
     level: Option<u32>,
     model: HostModel,
+    epoch: u64,
     stuck: bool,
     crashed: bool,
 }
 
-/// Runs a rollout over `hosts` hosts enrolled in `shares` (one per worker), all on `kernel`.
-pub(crate) fn run(
-    sim: &RolloutSim,
-    target: &Target,
-    shares: Vec<Vec<(String, f64)>>,
+/// An enrolled simulated fleet whose hosts check in until it is dropped.
+pub struct SimFleet {
+    admin: Client,
+    key: ed25519_dalek::SigningKey,
+    stream: String,
+    hosts: u64,
     interval: Duration,
-    progress: &dyn Fn(&str),
-) -> Result<RolloutOutcome, SimError> {
-    let admin = Client::new(&target.url, target.ca.as_deref())?.with_secret(target.token.clone());
-    // 1. The level, signed and published.
-    let stream = publish_level(&admin, target)?;
-    // 2. The rollout.
-    let lost_after = interval.mul_f64(3.0) + sim.bake + Duration::from_secs(2);
-    let started = admin.start_rollout(&StartRollout {
-        stream: stream.clone(),
-        level: LEVEL,
-        selector: None,
-        canary: None,
-        waves: sim.waves.clone(),
-        bake_ms: millis(sim.bake),
-        max_parallel: None,
-        lost_after_ms: Some(millis(lost_after)),
-        auto_rollback: false,
-    })?;
-    progress(&format!(
-        "rollout {} of level {LEVEL} to {} hosts in {} waves ({}), bake {:.0} s",
-        started.id,
-        started.hosts,
-        started.waves.len(),
-        started
-            .waves
-            .iter()
-            .map(|w| w.target.to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        sim.bake.as_secs_f64()
-    ));
-    // 3. The hosts, until the rollout stops running.
-    let done = Arc::new(AtomicBool::new(false));
-    let reports = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let begin = Instant::now();
-    let workers: Vec<_> = shares
-        .into_iter()
-        .enumerate()
-        .map(|(w, share)| {
-            let mut rng = ChaCha8Rng::seed_from_u64(sim.seed ^ (w as u64).wrapping_mul(0x9E37));
+    level: u32,
+    run: Arc<RwLock<Run>>,
+    stop: Arc<AtomicBool>,
+    reports: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl SimFleet {
+    /// Starts the check-ins of hosts already enrolled (`shares`: per worker, each host's
+    /// credential and phase), all on `crate::kernel(0)`.
+    pub(crate) fn start(
+        target: &Target,
+        shares: Vec<Vec<(String, f64)>>,
+        interval: Duration,
+    ) -> Result<Self, SimError> {
+        let admin =
+            Client::new(&target.url, target.ca.as_deref())?.with_secret(target.token.clone());
+        let key = signing_key(target)?;
+        let run = Arc::new(RwLock::new(Run {
+            epoch: 0,
+            seed: 0,
+            level: 0,
+            regression: BTreeMap::new(),
+            crash_rate: 0.0,
+            transition_failure_rate: 0.0,
+            stuck_rate: 0.0,
+            report_share: 0.0,
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let reports = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
+        let hosts = shares.iter().map(|s| s.len() as u64).sum();
+        let begin = Instant::now();
+        let mut workers = Vec::new();
+        for (w, share) in shares.into_iter().enumerate() {
+            let mut rng = ChaCha8Rng::seed_from_u64(w as u64);
             let hosts: Vec<Host> = share
                 .into_iter()
                 .map(|(credential, phase)| Host {
@@ -148,98 +162,219 @@ pub(crate) fn run(
                     phase,
                     level: None,
                     model: HostModel::draw(&mut rng),
+                    epoch: 0,
                     stuck: false,
                     crashed: false,
                 })
                 .collect();
-            let client = Client::new(&target.url, target.ca.as_deref());
+            let client = Client::new(&target.url, target.ca.as_deref())?;
             let url = target.url.clone();
-            let (sim, done, reports, errors) = (
-                sim.clone(),
-                Arc::clone(&done),
+            let (run, stop, reports, errors) = (
+                Arc::clone(&run),
+                Arc::clone(&stop),
                 Arc::clone(&reports),
                 Arc::clone(&errors),
             );
-            std::thread::spawn(move || -> Result<(), ClientError> {
-                let client = client?;
+            workers.push(std::thread::spawn(move || {
                 let mut wire = wire::Wire::for_server(&url, client.clone());
                 let mut worker = Worker {
-                    sim: &sim,
+                    index: w as u64,
                     client: &client,
                     rng,
+                    run: &run,
                     reports: &reports,
                     errors: &errors,
                 };
-                worker.check_in_loop(&mut wire, hosts, begin, interval, &done);
-                Ok(())
-            })
+                worker.check_in_loop(&mut wire, hosts, begin, interval, &stop);
+            }));
+        }
+        Ok(Self {
+            admin,
+            key,
+            stream: crate::kernel(0).stream(),
+            hosts,
+            interval,
+            level: 0,
+            run,
+            stop,
+            reports,
+            errors,
+            workers,
         })
-        .collect();
-    // 4. Follow the rollout.
-    let mut last = String::new();
-    let view = loop {
-        std::thread::sleep(Duration::from_millis(500));
-        let view = match admin.rollout(&started.id) {
-            Ok(v) => v,
-            Err(e) if e.is_transient() => continue,
-            Err(e) => {
-                done.store(true, Ordering::Relaxed);
-                return Err(e.into());
+    }
+
+    /// One run: the next level rolled out with `sim`'s trouble, followed to its end (see the
+    /// module's documentation).
+    pub fn rollout(
+        &mut self,
+        sim: &RolloutSim,
+        progress: &dyn Fn(&str),
+    ) -> Result<RolloutOutcome, SimError> {
+        // 1. The next level, and the run's trouble for the hosts.
+        self.level += 1;
+        let level = self.level;
+        publish_level(&self.admin, &self.key, level)?;
+        {
+            let mut run = self
+                .run
+                .write()
+                .map_err(|_| SimError::Server("a worker panicked".into()))?;
+            *run = Run {
+                epoch: run.epoch + 1,
+                seed: sim.seed,
+                level,
+                regression: sim.regression.clone(),
+                crash_rate: sim.crash_rate,
+                transition_failure_rate: sim.transition_failure_rate,
+                stuck_rate: sim.stuck_rate,
+                report_share: sim.report_share,
+            };
+        }
+        // Every host redraws its model at its next check-in, before the rollout starts.
+        std::thread::sleep(self.interval + Duration::from_millis(100));
+        let (reports, errors) = (
+            self.reports.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+        );
+        // 2. The rollout.
+        // Generous: the simulator shares the cores with the server, and a host it could not
+        // run in time is not a host the patch lost.
+        let lost_after = self.interval.mul_f64(10.0) + sim.bake + Duration::from_secs(10);
+        let started = self.admin.start_rollout(&StartRollout {
+            stream: self.stream.clone(),
+            level,
+            selector: None,
+            canary: None,
+            waves: sim.waves.clone(),
+            bake_ms: millis(sim.bake),
+            max_parallel: None,
+            lost_after_ms: Some(millis(lost_after)),
+            auto_rollback: false,
+        })?;
+        progress(&format!(
+            "rollout {} of level {level} to {} hosts in {} waves ({}), bake {:.1} s, seed {}",
+            started.id,
+            started.hosts,
+            started.waves.len(),
+            started
+                .waves
+                .iter()
+                .map(|w| w.target.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            sim.bake.as_secs_f64(),
+            sim.seed
+        ));
+        // 3. Follow it.
+        let begin = Instant::now();
+        let mut last = String::new();
+        let view = loop {
+            std::thread::sleep(Duration::from_millis(250));
+            let view = match self.admin.rollout(&started.id) {
+                Ok(v) => v,
+                Err(e) if e.is_transient() => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let line = format!(
+                "{} in wave {}/{}: {} of {} hosts moved, {} applied",
+                view.state.as_str(),
+                view.wave,
+                view.waves.len(),
+                view.treated,
+                view.hosts,
+                view.applied
+            );
+            if line != last {
+                progress(&line);
+                last = line;
+            }
+            if view.state != RolloutState::Running || begin.elapsed() > sim.timeout {
+                break view;
             }
         };
-        let line = format!(
-            "{} in wave {}/{}: {} of {} hosts moved, {} applied",
-            view.state.as_str(),
-            view.wave,
-            view.waves.len(),
-            view.treated,
-            view.hosts,
-            view.applied
-        );
-        if line != last {
-            progress(&line);
-            last = line;
+        let seconds = begin.elapsed().as_secs_f64();
+        let outcome = RolloutOutcome {
+            id: view.id.clone(),
+            level,
+            state: view.state.as_str().to_string(),
+            wave: view.wave.max(1),
+            waves: view.waves.len(),
+            reason: view.reason.clone(),
+            hosts: view.hosts,
+            treated: view.treated,
+            seconds,
+            reports: self.reports.load(Ordering::Relaxed) - reports,
+            errors: self.errors.load(Ordering::Relaxed) - errors,
+            decisions: view.decisions.clone(),
+        };
+        // 4. One level for every host before the next run.
+        if view.state != RolloutState::Completed {
+            self.catch_up(&view)?;
         }
-        if view.state != RolloutState::Running || begin.elapsed() > sim.timeout {
-            break view;
-        }
-    };
-    let seconds = begin.elapsed().as_secs_f64();
-    done.store(true, Ordering::Relaxed);
-    for worker in workers {
-        worker
-            .join()
-            .map_err(|_| SimError::Server("a simulation worker panicked".into()))??;
+        Ok(outcome)
     }
-    Ok(outcome(view, seconds, &reports, &errors))
+
+    /// After a rollout that did not complete: abort it, assign its level to every host, and
+    /// wait until they run it (stuck hosts excepted: they are gone).
+    fn catch_up(&self, view: &RolloutView) -> Result<(), SimError> {
+        if !view.state.is_final() {
+            self.admin.rollout_action(&view.id, "abort")?;
+        }
+        self.admin.assign(&Assign {
+            stream: self.stream.clone(),
+            level: Some(view.level),
+            selector: None,
+        })?;
+        let deadline = Instant::now() + self.interval.mul_f64(10.0) + Duration::from_secs(10);
+        loop {
+            std::thread::sleep(self.interval);
+            let behind = self.admin.hosts(&HostFilter {
+                level: None,
+                limit: Some(10_000),
+                ..HostFilter::default()
+            })?;
+            let lagging = behind
+                .iter()
+                .filter(|h| h.level != Some(view.level))
+                .count();
+            if lagging == 0 || Instant::now() > deadline {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Hosts in the fleet.
+    pub fn hosts(&self) -> u64 {
+        self.hosts
+    }
 }
 
-fn outcome(
-    view: RolloutView,
-    seconds: f64,
-    reports: &AtomicU64,
-    errors: &AtomicU64,
-) -> RolloutOutcome {
-    RolloutOutcome {
-        id: view.id,
-        state: view.state.as_str().to_string(),
-        wave: view.wave.max(1),
-        waves: view.waves.len(),
-        reason: view.reason,
-        hosts: view.hosts,
-        treated: view.treated,
-        seconds,
-        reports: reports.load(Ordering::Relaxed),
-        errors: errors.load(Ordering::Relaxed),
-        decisions: view.decisions,
+impl std::fmt::Debug for SimFleet {
+    // By hand: it holds the publisher's key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimFleet")
+            .field("stream", &self.stream)
+            .field("hosts", &self.hosts)
+            .field("level", &self.level)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for SimFleet {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
     }
 }
 
 /// One worker's hosts and its draws.
 struct Worker<'a> {
-    sim: &'a RolloutSim,
+    index: u64,
     client: &'a Client,
     rng: ChaCha8Rng,
+    run: &'a RwLock<Run>,
     reports: &'a AtomicU64,
     errors: &'a AtomicU64,
 }
@@ -251,12 +386,12 @@ impl Worker<'_> {
         mut hosts: Vec<Host>,
         begin: Instant,
         interval: Duration,
-        done: &AtomicBool,
+        stop: &AtomicBool,
     ) {
         hosts.sort_by(|a, b| a.phase.total_cmp(&b.phase));
         for cycle in 0u32.. {
             for host in hosts.iter_mut() {
-                if done.load(Ordering::Relaxed) {
+                if stop.load(Ordering::Relaxed) {
                     return;
                 }
                 let due = begin + interval.mul_f64(f64::from(cycle) + host.phase);
@@ -264,10 +399,21 @@ impl Worker<'_> {
                 if due > now {
                     std::thread::sleep(due - now);
                 }
+                let Ok(run) = self.run.read().map(|r| r.clone()) else {
+                    return;
+                };
+                if host.epoch != run.epoch {
+                    // A new run is a new fleet of the model: new draws, nobody stuck.
+                    host.epoch = run.epoch;
+                    self.rng =
+                        ChaCha8Rng::seed_from_u64(run.seed ^ self.index.wrapping_mul(0x9E37_79B9));
+                    host.model = HostModel::draw(&mut self.rng);
+                    host.stuck = false;
+                }
                 if host.stuck {
                     continue;
                 }
-                if let Err(e) = self.check_in(wire, host, interval) {
+                if let Err(e) = self.check_in(wire, host, &run, interval) {
                     tracing::debug!("simulated check-in failed: {e}");
                     self.errors.fetch_add(1, Ordering::Relaxed);
                 }
@@ -281,6 +427,7 @@ impl Worker<'_> {
         &mut self,
         wire: &mut wire::Wire,
         host: &mut Host,
+        run: &Run,
         interval: Duration,
     ) -> Result<(), String> {
         let wanted = match wire.desired(&host.credential, host.etag.as_deref())? {
@@ -293,13 +440,16 @@ impl Worker<'_> {
         let now_ms = now_ms();
         let mut outcomes = Vec::new();
         let mut patching = false;
+        let under_test = |level: Option<u32>| run.level > 0 && level == Some(run.level);
         if let Some(level) = wanted.filter(|l| *l != host.level) {
             patching = true;
-            let failed = self.rng.gen_bool(self.sim.transition_failure_rate);
+            // Trouble strikes only the level under test.
+            let troubled = under_test(level);
+            let failed = troubled && self.rng.gen_bool(run.transition_failure_rate);
             if !failed {
                 host.level = level;
-                host.crashed = self.rng.gen_bool(self.sim.crash_rate);
-                host.stuck = self.rng.gen_bool(self.sim.stuck_rate);
+                host.crashed = troubled && self.rng.gen_bool(run.crash_rate);
+                host.stuck = troubled && self.rng.gen_bool(run.stuck_rate);
             }
             outcomes.push(Outcome {
                 id: format!("sim-{now_ms}-{}", self.rng.gen::<u32>()),
@@ -319,14 +469,14 @@ impl Worker<'_> {
                 // It hangs right after the apply: nothing more is heard from it.
                 return Ok(());
             }
-        } else if !host.crashed && !self.rng.gen_bool(self.sim.report_share) {
+        } else if !host.crashed && !under_test(host.level) && !self.rng.gen_bool(run.report_share) {
             return Ok(());
         }
-        let on_level = host.level == Some(LEVEL);
+        let on_level = under_test(host.level);
         let metrics = host.model.interval(
             &mut self.rng,
             patching && on_level,
-            on_level.then_some(&self.sim.regression),
+            on_level.then_some(&run.regression),
         );
         let report = Report {
             kernel: crate::kernel(0),
@@ -354,27 +504,45 @@ impl Worker<'_> {
     }
 }
 
-/// Publishes level 1 of the simulated fleet's stream: a stand-in module (the server stores
-/// modules, it does not load them) with a manifest for the stream's kernel, signed.
-fn publish_level(admin: &Client, target: &Target) -> Result<String, SimError> {
+fn signing_key(target: &Target) -> Result<ed25519_dalek::SigningKey, SimError> {
     let key_path = target.signing_key.as_ref().ok_or_else(|| {
         SimError::Option(
-            "--rollout needs the publisher's key: run without --server (the simulation's own \
-             server keeps its key)"
+            "a simulated rollout needs the publisher's key: run without --server (the \
+             simulation's own server keeps its key)"
                 .into(),
         )
     })?;
     let key_text = std::fs::read_to_string(key_path)
         .map_err(|e| SimError::Server(format!("reading {}: {e}", key_path.display())))?;
-    let key = graft_protocol::trust::signing_key_from_hex(&key_text)
-        .map_err(|e| SimError::Server(format!("{}: {e}", key_path.display())))?;
+    graft_protocol::trust::signing_key_from_hex(&key_text)
+        .map_err(|e| SimError::Server(format!("{}: {e}", key_path.display())))
+}
+
+/// Publishes `level` of the simulated fleet's stream: a stand-in module (the server stores
+/// modules, it does not load them) with a manifest for the stream's kernel, signed.
+fn publish_level(
+    admin: &Client,
+    key: &ed25519_dalek::SigningKey,
+    level: u32,
+) -> Result<(), SimError> {
     let dir = tempfile::tempdir().map_err(|e| SimError::Server(e.to_string()))?;
-    let module = dir.path().join("graft_sim_level1.ko");
-    let bytes = b"\x7fELF a stand-in: simulated hosts never load it".to_vec();
+    let name = format!("graft_sim_level{level}");
+    let module = dir.path().join(format!("{name}.ko"));
+    let bytes = format!("\x7fELF a stand-in for level {level}: simulated hosts never load it");
     std::fs::write(&module, &bytes).map_err(|e| SimError::Server(e.to_string()))?;
     let kernel = crate::kernel(0);
+    // Cumulative, as a stream's levels are: every earlier level's patch and this one's.
+    let patches = (1..=level)
+        .map(|l| {
+            let file = format!("simulated-{l}.patch");
+            graft_manifest::Digest256 {
+                sha256: graft_manifest::sha256(file.as_bytes()),
+                file,
+            }
+        })
+        .collect();
     let manifest = graft_manifest::Manifest {
-        name: "graft_sim_level1".into(),
+        name: name.clone(),
         kernel: graft_manifest::ManifestKernel {
             target: format!("debian:{}", kernel.release),
             release: kernel.release.clone(),
@@ -384,13 +552,10 @@ fn publish_level(admin: &Client, target: &Target) -> Result<String, SimError> {
         set: None,
         functions: vec![],
         new_functions: vec![],
-        patches: vec![graft_manifest::Digest256 {
-            file: "simulated.patch".into(),
-            sha256: graft_manifest::sha256(b"simulated.patch"),
-        }],
+        patches,
         module: graft_manifest::Digest256 {
-            file: "graft_sim_level1.ko".into(),
-            sha256: graft_manifest::sha256(&bytes),
+            file: format!("{name}.ko"),
+            sha256: graft_manifest::sha256(bytes.as_bytes()),
         },
         graft_version: env!("CARGO_PKG_VERSION").into(),
     };
@@ -399,10 +564,15 @@ fn publish_level(admin: &Client, target: &Target) -> Result<String, SimError> {
     std::fs::write(graft_manifest::manifest_path(&module), manifest_json)
         .map_err(|e| SimError::Server(e.to_string()))?;
     let now = now_ms() / 1000;
-    let prepared = graft_client::publish::prepare(&module, &key, LEVEL, now, now + 86_400, false)
-        .map_err(|e| SimError::Server(format!("preparing the level: {e}")))?;
-    admin.publish(&prepared.stream, &prepared.publish)?;
-    Ok(prepared.stream)
+    // Versions above every earlier one: the level number on top of the time.
+    let version = now * 1000 + u64::from(level);
+    let prepared =
+        graft_client::publish::prepare(&module, key, level, version, now + 86_400, false)
+            .map_err(|e| SimError::Server(format!("preparing level {level}: {e}")))?;
+    admin
+        .publish(&prepared.stream, &prepared.publish)
+        .map_err(|e: ClientError| SimError::Client(e))?;
+    Ok(())
 }
 
 fn millis(d: Duration) -> u64 {

@@ -126,7 +126,7 @@ fn wave(
     }
 }
 
-fn parse_regression(text: &str) -> anyhow::Result<BTreeMap<String, f64>> {
+pub(crate) fn parse_regression(text: &str) -> anyhow::Result<BTreeMap<String, f64>> {
     let mut out = BTreeMap::new();
     for part in text.split(',').filter(|p| !p.trim().is_empty()) {
         let (name, factor) = part

@@ -282,6 +282,54 @@ pub enum BenchCommand {
         after_help = "Example: graft bench gates --runs 200 --seed 1 --regression tcp_retransmits=2.0"
     )]
     Gates(BenchGatesArgs),
+    /// Measure staged rollouts end to end: seeded runs through a real server (its own, on
+    /// loopback) and its rollout driver, to simulated hosts that report health samples from
+    /// the model `bench gates` uses. Each run rolls out a level with the regression (did it
+    /// halt within its first wave?) and then a clean level (was it halted in any wave?).
+    ///
+    /// A benchmark: it measures detection and false-halt rates and how long runs took; it
+    /// asserts nothing. The hosts are enrolled once; every run publishes the next level.
+    #[command(
+        after_help = "Example: graft bench rollouts --runs 200 --hosts 2000 --interval 1 --bake 3s --json"
+    )]
+    Rollouts(BenchRolloutsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchRolloutsArgs {
+    /// Seeded runs of each case.
+    #[arg(long, default_value_t = 200)]
+    pub runs: u64,
+    /// The first run's seed (run k uses seed + k).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Simulated hosts.
+    #[arg(long, default_value_t = 2000)]
+    pub hosts: u64,
+    /// Seconds between a host's check-ins.
+    #[arg(long, default_value_t = 1.0)]
+    pub interval: f64,
+    /// Bake per wave.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub bake: std::time::Duration,
+    /// Cumulative wave shares, in percent, ending at 100.
+    #[arg(long, default_value = "1,5,25,100")]
+    pub waves: String,
+    /// The injected regression, METRIC=FACTOR on hosts running the level under test.
+    #[arg(long, default_value = "tcp_retransmits=2.0")]
+    pub regression: String,
+    /// Share of the hosts not on the level under test that report each interval.
+    #[arg(long, default_value_t = 0.5)]
+    pub report_share: f64,
+    /// Worker threads of the simulator.
+    #[arg(long, default_value_t = 8)]
+    pub workers: usize,
+    /// The PostgreSQL database the server uses (default: SQLite in a temporary directory).
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -483,32 +483,7 @@ fn simulate(args: &FleetArgs) -> anyhow::Result<ExitCode> {
     };
     let rollout = if *rollout {
         graft_rollout::WavePlan::parse(waves).context("--waves")?;
-        let mut regression = BTreeMap::new();
-        for r in regressions {
-            let (metric, factor) = graft_protocol::api::parse_selector(r)
-                .map_err(|_| anyhow::anyhow!("--regression {r:?}: METRIC=FACTOR"))?;
-            let factor: f64 = factor
-                .parse()
-                .ok()
-                .filter(|f: &f64| f.is_finite() && *f > 0.0)
-                .ok_or_else(|| {
-                    anyhow::anyhow!("--regression {r:?}: FACTOR is a positive number")
-                })?;
-            if !graft_rollout::model::METRICS
-                .iter()
-                .any(|m| m.name == metric)
-            {
-                anyhow::bail!(
-                    "--regression {r:?}: no metric {metric:?} (the model has {})",
-                    graft_rollout::model::METRICS
-                        .iter()
-                        .map(|m| m.name)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            }
-            regression.insert(metric, factor);
-        }
+        let regression = crate::bench_gates::parse_regression(&regressions.join(","))?;
         if args.server.is_some() {
             anyhow::bail!("--rollout runs against the simulation's own server (it signs a level with that server's publisher key): drop --server");
         }

@@ -2,6 +2,7 @@
 
 mod bench_cmd;
 mod bench_gates;
+mod bench_rollouts;
 mod build_cmd;
 mod cli;
 mod demo_cmd;
@@ -41,6 +42,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Bench(cli::BenchCommand::Apply(args)) => bench_cmd::apply(args),
         cli::Command::Bench(cli::BenchCommand::ApplyGuest(args)) => bench_cmd::apply_guest(args),
         cli::Command::Bench(cli::BenchCommand::Gates(args)) => bench_gates::run(&args),
+        cli::Command::Bench(cli::BenchCommand::Rollouts(args)) => bench_rollouts::run(&args),
         cli::Command::Test(args) => test_cmd::run(args),
         cli::Command::Demo(args) => match &args.what {
             None => demo_cmd::run(&args.kernel.target),

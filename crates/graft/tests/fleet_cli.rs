@@ -393,3 +393,20 @@ fn simulated_rollouts_refuse_bad_trouble() {
     let output = run(graft().args(["fleet", "simulate", "--waves", "1,100"]));
     assert_eq!(output.status.code(), Some(2));
 }
+
+#[test]
+fn the_rollout_benchmark_refuses_bad_plans_and_trouble() {
+    for (args, needle) in [
+        (vec!["--waves", "1,5"], "not at 100%"),
+        (vec!["--regression", "tcp=2"], "no metric \"tcp\""),
+        (vec!["--interval", "0"], "--interval 0"),
+        (vec!["--report-share", "2"], "a probability from 0 to 1"),
+    ] {
+        let output = run(graft()
+            .args(["bench", "rollouts", "--runs", "1", "--hosts", "10"])
+            .args(&args));
+        assert!(!output.status.success(), "{args:?}");
+        let err = text(&output.stderr);
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+    }
+}

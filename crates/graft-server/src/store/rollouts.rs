@@ -204,14 +204,10 @@ impl Store {
         row: &RolloutRow,
         population: &Population,
     ) -> Result<Started, sqlx::Error> {
+        // The insert comes first: the unique index on `live` refuses an overlap, and a
+        // transaction that writes first takes SQLite's write lock at once (one that read first
+        // could not upgrade past a concurrent writer).
         let mut tx = self.pool.begin().await?;
-        if let Some(other) = sqlx::query("SELECT id FROM rollouts WHERE live = $1")
-            .bind(&row.stream)
-            .fetch_optional(&mut *tx)
-            .await?
-        {
-            return Ok(Started::Overlaps(other.try_get("id")?));
-        }
         let inserted = sqlx::query(
             "INSERT INTO rollouts (id, stream, level, from_level, selector, state, reason, wave, \
              waves, bake_ms, max_parallel, lost_after_ms, auto_rollback, hosts, decisions, \
@@ -243,7 +239,15 @@ impl Store {
         .await;
         if let Err(e) = inserted {
             if is_unique_violation(&e) {
-                return Ok(Started::Overlaps("another".into()));
+                drop(tx);
+                let other = sqlx::query("SELECT id FROM rollouts WHERE live = $1")
+                    .bind(&row.stream)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .map(|r| r.try_get("id"))
+                    .transpose()?
+                    .unwrap_or_else(|| "another".into());
+                return Ok(Started::Overlaps(other));
             }
             return Err(e);
         }
