@@ -120,16 +120,24 @@ pub fn draw(wave: &WaveModel, seed: u64) -> Vec<HostWindow> {
 #[derive(Debug, Clone)]
 pub struct HostModel {
     levels: Vec<f64>,
+    noise: f64,
 }
 
 impl HostModel {
     /// A host drawn from `rng`.
     pub fn draw(rng: &mut ChaCha8Rng) -> Self {
+        Self::draw_with_noise(rng, 1.0)
+    }
+
+    /// A host drawn from `rng` with the model's spreads scaled by `noise` (0: every host and
+    /// interval at the medians).
+    pub fn draw_with_noise(rng: &mut ChaCha8Rng, noise: f64) -> Self {
         Self {
             levels: METRICS
                 .iter()
-                .map(|m| m.median * (m.between_hosts * normal(rng)).exp())
+                .map(|m| m.median * (noise * m.between_hosts * normal(rng)).exp())
                 .collect(),
+            noise,
         }
     }
 
@@ -145,7 +153,7 @@ impl HostModel {
             .iter()
             .zip(&self.levels)
             .map(|(m, level)| {
-                let mut value = level * (m.within_host * normal(rng)).exp();
+                let mut value = level * (self.noise * m.within_host * normal(rng)).exp();
                 if patching {
                     value *= m.patching_spike;
                 } else if let Some(factors) = regression {

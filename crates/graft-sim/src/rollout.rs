@@ -53,6 +53,9 @@ pub struct RolloutSim {
     pub report_share: f64,
     /// Give up after this long.
     pub timeout: Duration,
+    /// The model's spreads between hosts and intervals, scaled (1: the model's; 0: none, so
+    /// that only the injected trouble differs).
+    pub noise: f64,
 }
 
 /// How a rollout ended: what `--json` shows under `rollout`.
@@ -96,6 +99,7 @@ struct Run {
     transition_failure_rate: f64,
     stuck_rate: f64,
     report_share: f64,
+    noise: f64,
 }
 
 /// One simulated host.
@@ -145,6 +149,7 @@ impl SimFleet {
             transition_failure_rate: 0.0,
             stuck_rate: 0.0,
             report_share: 0.0,
+            noise: 1.0,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let reports = Arc::new(AtomicU64::new(0));
@@ -228,6 +233,7 @@ impl SimFleet {
                 transition_failure_rate: sim.transition_failure_rate,
                 stuck_rate: sim.stuck_rate,
                 report_share: sim.report_share,
+                noise: sim.noise,
             };
         }
         // Every host redraws its model at its next check-in, before the rollout starts.
@@ -407,7 +413,7 @@ impl Worker<'_> {
                     host.epoch = run.epoch;
                     self.rng =
                         ChaCha8Rng::seed_from_u64(run.seed ^ self.index.wrapping_mul(0x9E37_79B9));
-                    host.model = HostModel::draw(&mut self.rng);
+                    host.model = HostModel::draw_with_noise(&mut self.rng, run.noise);
                     host.stuck = false;
                 }
                 if host.stuck {

@@ -75,6 +75,7 @@ pub fn run(args: &BenchRolloutsArgs) -> anyhow::Result<ExitCode> {
         stuck_rate: 0.0,
         report_share: args.report_share,
         timeout: Duration::from_secs(600),
+        noise: 1.0,
     };
     graft_sim::check_trouble(&sim(0, Default::default()))?;
     let mut bench = RolloutBench {

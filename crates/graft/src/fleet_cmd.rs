@@ -199,6 +199,10 @@ pub enum FleetCommand {
         /// enough for about 4,000 samples per interval).
         #[arg(long, requires = "rollout")]
         report_share: Option<f64>,
+        /// With --rollout: the model's spreads between hosts and intervals, scaled (0: none,
+        /// so that only the injected trouble differs).
+        #[arg(long, default_value_t = 1.0, requires = "rollout")]
+        noise: f64,
         /// With --rollout: give up after this long.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, requires = "rollout")]
         rollout_timeout: Duration,
@@ -462,6 +466,7 @@ fn simulate(args: &FleetArgs) -> anyhow::Result<ExitCode> {
         transition_failure_rate,
         stuck_rate,
         report_share,
+        noise,
         rollout_timeout,
     } = &args.command
     else {
@@ -497,6 +502,11 @@ fn simulate(args: &FleetArgs) -> anyhow::Result<ExitCode> {
             stuck_rate: *stuck_rate,
             report_share: report_share.unwrap_or((4000.0 / *hosts as f64).min(1.0)),
             timeout: *rollout_timeout,
+            noise: if noise.is_finite() && *noise >= 0.0 {
+                *noise
+            } else {
+                anyhow::bail!("--noise {noise}: a factor of 0 or more")
+            },
         })
     } else {
         None

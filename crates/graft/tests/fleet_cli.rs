@@ -303,8 +303,8 @@ fn the_gate_benchmark_refuses_a_plan_that_does_not_reach_every_host() {
 }
 
 /// `simulate --rollout`: the server's own driver moves a rollout through waves to simulated
-/// hosts; a clean level completes every wave, and one that doubles the treated hosts'
-/// retransmits halts in the first wave, with the metric named.
+/// hosts without spread between them; a clean level completes every wave, and one that
+/// doubles the treated hosts' retransmits halts in the first wave, with the metric named.
 #[test]
 fn simulated_rollouts_complete_clean_and_halt_on_a_regression() {
     let rollout = |extra: &[&str]| {
@@ -325,6 +325,10 @@ fn simulated_rollouts_complete_clean_and_halt_on_a_regression() {
             "4",
             "--seed",
             "3",
+            // No spread between hosts: what halts is the injected trouble, never chance (the
+            // chance is what `graft bench rollouts` measures).
+            "--noise",
+            "0",
             "--json",
         ]);
         command.args(extra);
