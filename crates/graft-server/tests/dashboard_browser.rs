@@ -171,6 +171,24 @@ impl<'a> Browser<'a> {
             .to_string()
     }
 
+    /// Waits for the page titled `expected`: a click that submits a form returns before the
+    /// browser has loaded the page the form leads to, so the title is polled. On a timeout
+    /// the page's text says why (a sign-in refused shows its reason).
+    fn wait_for_title(&self, expected: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let title = self.title();
+            if title == expected {
+                return;
+            }
+            if Instant::now() > deadline {
+                let body = self.text_of(&self.find("body")[0]);
+                panic!("the page is still {title:?}, not {expected:?}; it reads: {body}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn screenshot(&self) -> Vec<u8> {
         let b64 = self.driver.call("GET", &self.path("/screenshot"), None);
         base64::engine::general_purpose::STANDARD
@@ -199,7 +217,7 @@ fn a_halted_rollout_in_a_real_browser() {
 
     // Signed out, the dashboard sends to the form; sign in through it.
     browser.go(&format!("{base}/"));
-    assert_eq!(browser.title(), "Sign in · graft fleet");
+    browser.wait_for_title("Sign in · graft fleet");
     let field = &browser.find("input[name=token]")[0];
     driver.call(
         "POST",
@@ -212,7 +230,7 @@ fn a_halted_rollout_in_a_real_browser() {
         &browser.path(&format!("/element/{submit}/click")),
         None,
     );
-    assert_eq!(browser.title(), "Rollouts · graft fleet");
+    browser.wait_for_title("Rollouts · graft fleet");
     let listed = browser.text_of(&browser.find("#rollouts")[0]);
     assert!(
         listed.contains(&rollout.id) && listed.contains("halted"),
@@ -221,10 +239,7 @@ fn a_halted_rollout_in_a_real_browser() {
 
     // The halted rollout: its reason, its chart, the halting decision.
     browser.go(&format!("{base}/rollouts/{}", rollout.id));
-    assert_eq!(
-        browser.title(),
-        format!("Rollout {} · graft fleet", rollout.id)
-    );
+    browser.wait_for_title(&format!("Rollout {} · graft fleet", rollout.id));
     let reason = browser.text_of(&browser.find("#reason")[0]);
     assert!(
         reason.contains("tcp_retransmits is higher on treated hosts"),
