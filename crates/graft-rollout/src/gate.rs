@@ -12,7 +12,12 @@
 //! 2. statistical gates on steady-state windows: per metric, treatment against control with a
 //!    one-sided rank test; a halt needs both significance (the family-wise `alpha` split over
 //!    the metrics) and an effect at least `min_effect`, so that a tiny real difference in a
-//!    big fleet does not page anyone;
+//!    big fleet does not page anyone. What is ranked is each host's *change*: its value over
+//!    the window divided by its own baseline from before the wave (a difference in
+//!    differences). Hosts differ from each other far more than a host differs from itself, so
+//!    comparing levels would bury a doubling in the spread between hosts; comparing changes
+//!    leaves only a host's own noise. A metric with too few baselined hosts on either side is
+//!    compared by level, and the reason says which comparison it was;
 //! 3. the patching window, tested the same way, is reported (the expected spike while a patch
 //!    goes live) and never halts.
 
@@ -60,6 +65,10 @@ pub struct HostWindow {
     /// Metrics, each oriented so that higher is worse (retransmits per second, I/O latency,
     /// softirq time, probe results).
     pub metrics: BTreeMap<String, f64>,
+    /// The same metrics over the host's baseline: the span before it was moved (a treated
+    /// host) or before the wave started (a control host). `None`: it did not report then.
+    #[serde(default)]
+    pub baseline: Option<BTreeMap<String, f64>>,
 }
 
 /// How strict the gates are.
@@ -80,7 +89,7 @@ pub struct GateConfig {
 impl Default for GateConfig {
     fn default() -> Self {
         Self {
-            alpha: 0.01,
+            alpha: 0.001,
             min_effect: 0.65,
             min_hosts: 5,
             max_transition_failures: 0.02,
@@ -208,12 +217,57 @@ fn hard_gates(windows: &[HostWindow], config: &GateConfig) -> Vec<Reason> {
     reasons
 }
 
-/// One metric's values in one phase.
+/// One metric's values in one phase: each host's value and, where it has one, its baseline.
 #[derive(Default)]
 struct Samples<'a> {
-    treatment: Vec<f64>,
-    control: Vec<f64>,
+    treatment: Vec<(f64, Option<f64>)>,
+    control: Vec<(f64, Option<f64>)>,
     treated_hosts: Vec<&'a str>,
+}
+
+/// What a metric's rank test compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compared {
+    /// Each host's change from its own baseline.
+    Changes,
+    /// The hosts' levels (too few hosts had a baseline).
+    Levels,
+}
+
+impl Samples<'_> {
+    /// The values to rank: changes when both sides have enough baselined hosts, else levels.
+    fn compared(&self, min_hosts: usize) -> (Compared, Vec<f64>, Vec<f64>) {
+        let baselined =
+            |side: &[(f64, Option<f64>)]| side.iter().filter(|(_, b)| b.is_some()).count();
+        if baselined(&self.treatment) < min_hosts || baselined(&self.control) < min_hosts {
+            let levels = |side: &[(f64, Option<f64>)]| side.iter().map(|(v, _)| *v).collect();
+            return (
+                Compared::Levels,
+                levels(&self.treatment),
+                levels(&self.control),
+            );
+        }
+        // A metric that is often zero (an idle host retransmits nothing) would make ratios
+        // infinite: both sides of each ratio get a floor of 1% of the median baseline.
+        let mut baselines: Vec<f64> = self
+            .treatment
+            .iter()
+            .chain(&self.control)
+            .filter_map(|(_, b)| *b)
+            .collect();
+        baselines.sort_by(f64::total_cmp);
+        let floor = (0.01 * baselines[baselines.len() / 2]).max(1e-9);
+        let changes = |side: &[(f64, Option<f64>)]| {
+            side.iter()
+                .filter_map(|(v, b)| b.map(|b| (v + floor) / (b + floor)))
+                .collect()
+        };
+        (
+            Compared::Changes,
+            changes(&self.treatment),
+            changes(&self.control),
+        )
+    }
 }
 
 /// Halting reasons and notes for the windows of one phase.
@@ -225,13 +279,14 @@ fn statistical_gates(
     let mut by_metric: BTreeMap<&str, Samples<'_>> = BTreeMap::new();
     for w in windows.iter().filter(|w| w.phase == phase) {
         for (name, &value) in &w.metrics {
+            let baseline = w.baseline.as_ref().and_then(|b| b.get(name)).copied();
             let entry = by_metric.entry(name).or_default();
             match w.group {
                 Group::Treatment => {
-                    entry.treatment.push(value);
+                    entry.treatment.push((value, baseline));
                     entry.treated_hosts.push(&w.host);
                 }
-                Group::Control => entry.control.push(value),
+                Group::Control => entry.control.push((value, baseline)),
             }
         }
     }
@@ -243,11 +298,8 @@ fn statistical_gates(
     let alpha = config.alpha / tested as f64;
     let (mut halting, mut notes) = (Vec::new(), Vec::new());
     for (name, samples) in by_metric {
-        let Samples {
-            treatment,
-            control,
-            treated_hosts: hosts,
-        } = samples;
+        let (compared, treatment, control) = samples.compared(config.min_hosts);
+        let hosts = samples.treated_hosts;
         if treatment.len() < config.min_hosts || control.len() < config.min_hosts {
             notes.push(Reason {
                 gate: "too-few-hosts",
@@ -273,7 +325,11 @@ fn statistical_gates(
                 test: Some(test),
                 hosts: hosts.iter().map(|h| h.to_string()).collect(),
                 message: format!(
-                    "{name} is higher on treated hosts: P(treated > control) = {:.2} (floor {:.2}), p = {:.2e} (alpha {:.1e}), median ratio {}",
+                    "{name} is higher on treated hosts{}: P(treated > control) = {:.2} (floor {:.2}), p = {:.2e} (alpha {:.1e}), median ratio {}",
+                    match compared {
+                        Compared::Changes => " (each against its own baseline)",
+                        Compared::Levels => " (levels compared: too few hosts had a baseline)",
+                    },
                     test.effect,
                     config.min_effect,
                     test.p_value,
@@ -315,6 +371,7 @@ mod tests {
             kernel_errors: 0,
             transition_failed: false,
             metrics: [("tcp_retransmits".to_string(), retransmits)].into(),
+            baseline: None,
         }
     }
 
@@ -399,6 +456,66 @@ mod tests {
         assert_eq!(
             reasons(&evaluate(&windows, &config)),
             ["transition-failures"]
+        );
+    }
+
+    /// Hosts whose levels span a factor of twenty, each with a baseline at its level, the
+    /// treated ones multiplied by `factor` over the window.
+    fn spread_wave(factor: f64) -> Vec<HostWindow> {
+        let mut windows = Vec::new();
+        for i in 0..20 {
+            // Treated and control hosts interleave over the whole spread.
+            let level = |k: usize| 1.0 + 19.0 * ((k * 7) % 20) as f64 / 19.0;
+            let mut treated = window(i, Group::Treatment, Phase::Steady, level(i) * factor);
+            treated.baseline = Some([("tcp_retransmits".into(), level(i))].into());
+            let mut control = window(100 + i, Group::Control, Phase::Steady, level(i + 3));
+            control.baseline = Some([("tcp_retransmits".into(), level(i + 3))].into());
+            windows.extend([treated, control]);
+        }
+        windows
+    }
+
+    #[test]
+    fn a_doubling_buried_in_the_spread_between_hosts_halts_against_each_hosts_own_baseline() {
+        let windows = spread_wave(2.0);
+        // By level, the doubled hosts are lost among hosts twenty times apart.
+        let levels: Vec<HostWindow> = windows
+            .iter()
+            .cloned()
+            .map(|mut w| {
+                w.baseline = None;
+                w
+            })
+            .collect();
+        assert!(!evaluate(&levels, &GateConfig::default()).halts());
+        // Against their own baselines, every treated host changed and no control host did.
+        let decision = evaluate(&windows, &GateConfig::default());
+        let Decision::Halt { reasons, .. } = &decision else {
+            panic!("{decision:?}")
+        };
+        assert!(
+            reasons[0].message.contains("each against its own baseline"),
+            "{}",
+            reasons[0].message
+        );
+        assert_eq!(reasons[0].test.map(|t| t.effect), Some(1.0));
+        assert!(!evaluate(&spread_wave(1.0), &GateConfig::default()).halts());
+    }
+
+    #[test]
+    fn too_few_baselined_hosts_compare_levels_and_say_so() {
+        let mut windows = wave(2.0, Phase::Steady);
+        for w in windows.iter_mut().take(4) {
+            w.baseline = Some(w.metrics.clone());
+        }
+        let decision = evaluate(&windows, &GateConfig::default());
+        let Decision::Halt { reasons, .. } = &decision else {
+            panic!("{decision:?}")
+        };
+        assert!(
+            reasons[0].message.contains("levels compared"),
+            "{}",
+            reasons[0].message
         );
     }
 

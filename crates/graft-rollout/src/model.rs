@@ -70,7 +70,8 @@ pub struct WaveModel {
     pub transition_failure_rate: f64,
 }
 
-/// Draws one wave's windows: for each host, a patching window and a steady one.
+/// Draws one wave's windows: for each host, a patching window and a steady one, each with the
+/// host's baseline (one window at its own level, before the wave).
 pub fn draw(wave: &WaveModel, seed: u64) -> Vec<HostWindow> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut windows = Vec::with_capacity(2 * (wave.treated + wave.control));
@@ -85,6 +86,14 @@ pub fn draw(wave: &WaveModel, seed: u64) -> Vec<HostWindow> {
         let crashed = treated && rng.gen_bool(wave.crash_rate.clamp(0.0, 1.0));
         let transition_failed =
             treated && rng.gen_bool(wave.transition_failure_rate.clamp(0.0, 1.0));
+        let baseline: BTreeMap<String, f64> = METRICS
+            .iter()
+            .zip(&levels)
+            .map(|(m, level)| {
+                let value = level * (m.within_host * normal(&mut rng)).exp();
+                (m.name.to_string(), value)
+            })
+            .collect();
         for phase in [Phase::Patching, Phase::Steady] {
             let metrics = METRICS
                 .iter()
@@ -109,6 +118,7 @@ pub fn draw(wave: &WaveModel, seed: u64) -> Vec<HostWindow> {
                 kernel_errors: 0,
                 transition_failed,
                 metrics,
+                baseline: Some(baseline.clone()),
             });
         }
     }
@@ -205,6 +215,34 @@ mod tests {
                 .any(|n| n.gate == "spike" && n.metric.as_deref() == Some("tcp_retransmits")),
             "{notes:?}"
         );
+    }
+
+    /// Of 200 seeded first waves (20 treated hosts, 1% of two thousand, and 500 control), how
+    /// many halt.
+    fn halts_in_200(regression: Option<f64>) -> usize {
+        let mut wave = WaveModel {
+            control: 500,
+            ..clean(20)
+        };
+        if let Some(factor) = regression {
+            wave.regression.insert("tcp_retransmits".into(), factor);
+        }
+        (0..200)
+            .filter(|&seed| evaluate(&draw(&wave, seed), &GateConfig::default()).halts())
+            .count()
+    }
+
+    #[test]
+    fn a_doubled_retransmit_rate_halts_nearly_every_first_wave_of_twenty_and_a_clean_one_almost_never(
+    ) {
+        // The model's hosts differ by a factor of 1.8 (one standard deviation) from each
+        // other; each host's own baseline takes that out.
+        assert!(
+            halts_in_200(Some(2.0)) >= 198,
+            "{}",
+            halts_in_200(Some(2.0))
+        );
+        assert!(halts_in_200(None) <= 2, "{}", halts_in_200(None));
     }
 
     #[test]

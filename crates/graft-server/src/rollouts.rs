@@ -103,7 +103,7 @@ pub(crate) async fn step(
     let counts = store.rollout_counts(&row, now).await?;
     // 1. Hard gates over every moved host, at every tick: a halt stops new hosts at once.
     if counts.treated > 0 {
-        let mut facts = store.hard_facts(&row, now).await?;
+        let mut facts = store.hard_facts(&row, &counts, now).await?;
         facts.excuse(&row.excused);
         let reasons = hard_findings(&facts, gates);
         if !reasons.is_empty() {
@@ -154,7 +154,11 @@ pub(crate) async fn step(
     }
     // 4. Baked: every gate on the window since the wave started.
     let since = wave.started_ms.unwrap_or(assigned);
-    let samples = store.window_samples(&row, since, SAMPLED_PER_GROUP).await?;
+    // Each host's baseline: a bake's length of its samples before it was moved (or, for a
+    // control host, before the wave started).
+    let samples = store
+        .window_samples(&row, since, row.bake_ms, SAMPLED_PER_GROUP)
+        .await?;
     let windows = windows_of(&samples);
     let has_control = windows.iter().any(|w| w.group == Group::Control);
     let decision = evaluate(&windows, gates);
@@ -340,30 +344,22 @@ pub(crate) fn hard_findings(facts: &HardFacts, gates: &GateConfig) -> Vec<Findin
 
 /// Each host's samples as gate windows: the treated hosts' patching samples apart from their
 /// steady ones, a control host's whole window as the reference of both; each metric the mean
-/// over the window.
+/// over the window, and over the host's baseline span.
 pub(crate) fn windows_of(samples: &[HostSamples]) -> Vec<HostWindow> {
     let mut out = Vec::new();
     for host in samples {
+        let baseline = mean_of(host.baseline.iter().map(|(_, m)| m));
         for phase in [Phase::Patching, Phase::Steady] {
             // A control host applies nothing in the window: all of it is what the treated
             // hosts' patching window and their steady state are both compared with.
-            let chosen: Vec<&BTreeMap<String, f64>> = host
+            let chosen = host
                 .samples
                 .iter()
                 .filter(|(patching, _)| !host.treated || *patching == (phase == Phase::Patching))
-                .map(|(_, m)| m)
-                .collect();
-            if chosen.is_empty() {
+                .map(|(_, m)| m);
+            let Some(metrics) = mean_of(chosen) else {
                 continue;
-            }
-            let mut sums: BTreeMap<String, (f64, u32)> = BTreeMap::new();
-            for metrics in &chosen {
-                for (name, value) in *metrics {
-                    let e = sums.entry(name.clone()).or_default();
-                    e.0 += value;
-                    e.1 += 1;
-                }
-            }
+            };
             out.push(HostWindow {
                 host: host.host.clone(),
                 group: if host.treated {
@@ -376,14 +372,31 @@ pub(crate) fn windows_of(samples: &[HostSamples]) -> Vec<HostWindow> {
                 lost: false,
                 kernel_errors: 0,
                 transition_failed: false,
-                metrics: sums
-                    .into_iter()
-                    .map(|(k, (sum, n))| (k, sum / f64::from(n)))
-                    .collect(),
+                metrics,
+                baseline: baseline.clone(),
             });
         }
     }
     out
+}
+
+/// Each metric's mean over some samples; `None` when there are none.
+fn mean_of<'a>(
+    samples: impl Iterator<Item = &'a BTreeMap<String, f64>>,
+) -> Option<BTreeMap<String, f64>> {
+    let mut sums: BTreeMap<String, (f64, u32)> = BTreeMap::new();
+    for metrics in samples {
+        for (name, value) in metrics {
+            let e = sums.entry(name.clone()).or_default();
+            e.0 += value;
+            e.1 += 1;
+        }
+    }
+    (!sums.is_empty()).then(|| {
+        sums.into_iter()
+            .map(|(k, (sum, n))| (k, sum / f64::from(n)))
+            .collect()
+    })
 }
 
 /// A gate's reason as the server records it.
@@ -469,16 +482,19 @@ mod tests {
                 host: "t".into(),
                 treated: true,
                 samples: vec![(true, m(9.0)), (false, m(2.0)), (false, m(4.0))],
+                baseline: vec![(false, m(1.0)), (false, m(3.0))],
             },
             HostSamples {
                 host: "c".into(),
                 treated: false,
                 samples: vec![(false, m(1.0))],
+                baseline: vec![],
             },
             HostSamples {
                 host: "silent".into(),
                 treated: false,
                 samples: vec![],
+                baseline: vec![],
             },
         ];
         let w = windows_of(&samples);

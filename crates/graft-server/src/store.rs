@@ -67,6 +67,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "rollouts",
         include_str!("../migrations/0003_rollouts.sql"),
     ),
+    (
+        4,
+        "rollout indexes",
+        include_str!("../migrations/0004_rollout_indexes.sql"),
+    ),
 ];
 
 /// Bumps the generation (see [`crate::checkins`]).

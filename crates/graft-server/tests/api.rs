@@ -17,7 +17,7 @@ mod support;
 use rollouts::{
     a_clean_rollout_completes_wave_by_wave, a_kernel_warning_halts_the_first_wave,
     a_metric_regression_halts_at_the_bake_end, bad_rollouts_are_refused,
-    the_dashboard_shows_a_halted_rollout,
+    crashes_and_failed_transitions_halt_at_once, the_dashboard_shows_a_halted_rollout,
 };
 
 use std::io::{Read as _, Write as _};
@@ -770,6 +770,11 @@ fn sqlite_a_kernel_warning_halts_the_first_wave() {
 }
 
 #[test]
+fn sqlite_crashes_and_failed_transitions_halt_at_once() {
+    crashes_and_failed_transitions_halt_at_once(Db::Sqlite);
+}
+
+#[test]
 fn sqlite_a_metric_regression_halts_at_the_bake_end() {
     a_metric_regression_halts_at_the_bake_end(Db::Sqlite);
 }
@@ -895,6 +900,7 @@ fn postgres() {
         a_clean_rollout_completes_wave_by_wave,
         a_kernel_warning_halts_the_first_wave,
         a_metric_regression_halts_at_the_bake_end,
+        crashes_and_failed_transitions_halt_at_once,
         bad_rollouts_are_refused,
         the_dashboard_shows_a_halted_rollout,
         replicas_share_one_database,

@@ -236,8 +236,10 @@ impl SimFleet {
                 noise: sim.noise,
             };
         }
-        // Every host redraws its model at its next check-in, before the rollout starts.
-        std::thread::sleep(self.interval + Duration::from_millis(100));
+        // Every host redraws its model at its next check-in, and reports a bake's length of
+        // samples from the new model (the baseline each host is compared with) before the
+        // rollout starts.
+        std::thread::sleep(self.interval + sim.bake + Duration::from_millis(100));
         let (reports, errors) = (
             self.reports.load(Ordering::Relaxed),
             self.errors.load(Ordering::Relaxed),

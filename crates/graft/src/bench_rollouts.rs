@@ -148,7 +148,7 @@ pub fn run(args: &BenchRolloutsArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&bench)?);
     } else {
         println!(
-            "{} hosts, waves {}, bake {:.1} s, interval {:.1} s, {}: a {} regression halted within the first wave in {} of {} runs ({:.1}%); clean rollouts were halted in {} of {} ({:.1}%); {} gate decisions logged; median run {:.1} s regressed, {:.1} s clean; {} errors; {:.0} s in all",
+            "{} hosts, waves {}, bake {:.1} s, interval {:.2} s, {}: a {} regression halted within the first wave in {} of {} runs ({:.1}%); clean rollouts were halted in {} of {} ({:.1}%); {} gate decisions logged; median run {:.1} s regressed, {:.1} s clean; {} errors; {:.0} s in all",
             bench.hosts,
             bench.waves,
             bench.bake_s,

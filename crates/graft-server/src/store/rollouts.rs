@@ -2,7 +2,7 @@
 //! compare-and-set on `revision`), the hosts it selected in the order it moves them, and the
 //! health samples the gates read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use graft_protocol::api::HealthSample;
 use graft_protocol::rollout::{GateDecision, RolloutState, RolloutView, WaveView};
@@ -84,6 +84,10 @@ pub(crate) struct RolloutCounts {
     pub applied: u64,
     /// Moved, not applied, no failed outcome, still reporting: on their way.
     pub in_flight: u64,
+    /// Moved, on the level, with kernel errors logged since the apply.
+    pub kernel_errors: u64,
+    /// Moved, and silent for longer than the rollout's `lost_after`.
+    pub lost: u64,
 }
 
 /// What a start found, before anything is written.
@@ -158,7 +162,12 @@ pub(crate) type Sample = (bool, BTreeMap<String, f64>);
 pub(crate) struct HostSamples {
     pub host: String,
     pub treated: bool,
+    /// Its samples over the window: since it was moved (a treated host moved in this wave)
+    /// or since the wave started.
     pub samples: Vec<Sample>,
+    /// Its samples over the span before it was moved (a treated host) or before the wave
+    /// started (a control host): the baseline each host is compared with.
+    pub baseline: Vec<Sample>,
 }
 
 impl Store {
@@ -433,7 +442,8 @@ impl Store {
         rows.iter().map(|r| opt_int(r, "previous")).collect()
     }
 
-    /// How far a rollout's hosts are.
+    /// How far a rollout's hosts are, and how many of them the hard gates read from the host
+    /// rows (kernel errors, silence): one pass over the moved hosts.
     pub async fn rollout_counts(
         &self,
         row: &RolloutRow,
@@ -445,7 +455,10 @@ impl Store {
              COALESCE(SUM(CASE WHEN (h.level IS NULL OR h.level <> $2) AND h.last_seen_ms >= $3 \
                AND NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.host_id = h.id AND o.level = $2 \
                AND o.at_ms >= rh.moved_ms AND o.result NOT IN ('applied', 'forced')) \
-               THEN 1 ELSE 0 END), 0) AS in_flight \
+               THEN 1 ELSE 0 END), 0) AS in_flight, \
+             COALESCE(SUM(CASE WHEN h.level = $2 AND h.kernel_errors > 0 THEN 1 ELSE 0 END), 0) \
+               AS kernel_errors, \
+             COALESCE(SUM(CASE WHEN h.last_seen_ms < $3 THEN 1 ELSE 0 END), 0) AS lost \
              FROM rollout_hosts rh JOIN hosts h ON h.id = rh.host_id \
              WHERE rh.rollout_id = $1 AND rh.wave IS NOT NULL",
         )
@@ -458,13 +471,18 @@ impl Store {
             treated: int(&r, "treated")?,
             applied: int(&r, "applied")?,
             in_flight: int(&r, "in_flight")?,
+            kernel_errors: int(&r, "kernel_errors")?,
+            lost: int(&r, "lost")?,
         })
     }
 
-    /// What the hard gates need: every treated host's troubles since it was moved.
+    /// What the hard gates need: every treated host's troubles since it was moved. The host
+    /// rows' troubles are named only when `counts` found some; crashes and failed transitions
+    /// are read from their own small indexes, never by visiting every moved host.
     pub async fn hard_facts(
         &self,
         row: &RolloutRow,
+        counts: &RolloutCounts,
         now_ms: u64,
     ) -> Result<HardFacts, sqlx::Error> {
         let treated = "FROM rollout_hosts rh JOIN hosts h ON h.id = rh.host_id \
@@ -472,58 +490,73 @@ impl Store {
         let names = |rows: Vec<AnyRow>| -> Result<Vec<String>, sqlx::Error> {
             rows.iter().map(|r| r.try_get("id")).collect()
         };
-        let count = sqlx::query(&format!("SELECT COUNT(*) AS n {treated}"))
-            .bind(&row.id)
-            .fetch_one(&self.pool)
-            .await?;
-        let kernel_errors = sqlx::query(&format!(
-            "SELECT h.id {treated} AND h.level = $2 AND h.kernel_errors > 0 ORDER BY h.id LIMIT $3"
-        ))
-        .bind(&row.id)
-        .bind(i64::from(row.level))
-        .bind(NAMED_HOSTS)
-        .fetch_all(&self.pool)
-        .await?;
-        let lost = sqlx::query(&format!(
-            "SELECT h.id {treated} AND h.last_seen_ms < $2 ORDER BY h.id LIMIT $3"
-        ))
-        .bind(&row.id)
-        .bind(ms(now_ms.saturating_sub(row.lost_after_ms)))
-        .bind(NAMED_HOSTS)
-        .fetch_all(&self.pool)
-        .await?;
-        let crashed = sqlx::query(&format!(
-            "SELECT h.id {treated} AND EXISTS (SELECT 1 FROM health s WHERE s.host_id = h.id \
-             AND s.at_ms >= rh.moved_ms AND s.unclean_reboot = 1) ORDER BY h.id LIMIT $2"
-        ))
-        .bind(&row.id)
-        .bind(NAMED_HOSTS)
-        .fetch_all(&self.pool)
-        .await?;
-        let failed_where = format!(
-            "{treated} AND EXISTS (SELECT 1 FROM outcomes o WHERE o.host_id = h.id AND o.level = $2 \
-             AND o.at_ms >= rh.moved_ms AND o.result NOT IN ('applied', 'forced'))"
-        );
-        let failed_count = sqlx::query(&format!("SELECT COUNT(*) AS n {failed_where}"))
+        let kernel_errors = if counts.kernel_errors > 0 {
+            let rows = sqlx::query(&format!(
+                "SELECT h.id {treated} AND h.level = $2 AND h.kernel_errors > 0 ORDER BY h.id LIMIT $3"
+            ))
             .bind(&row.id)
             .bind(i64::from(row.level))
-            .fetch_one(&self.pool)
+            .bind(NAMED_HOSTS)
+            .fetch_all(&self.pool)
             .await?;
-        let failed = sqlx::query(&format!(
-            "SELECT h.id {failed_where} ORDER BY h.id LIMIT $3"
-        ))
+            names(rows)?
+        } else {
+            Vec::new()
+        };
+        let lost = if counts.lost > 0 {
+            let rows = sqlx::query(&format!(
+                "SELECT h.id {treated} AND h.last_seen_ms < $2 ORDER BY h.id LIMIT $3"
+            ))
+            .bind(&row.id)
+            .bind(ms(now_ms.saturating_sub(row.lost_after_ms)))
+            .bind(NAMED_HOSTS)
+            .fetch_all(&self.pool)
+            .await?;
+            names(rows)?
+        } else {
+            Vec::new()
+        };
+        // From the unclean reboots since the rollout began (a partial index), the treated
+        // hosts' since their move; then the same for the level's failed outcomes. Rare rows
+        // both: read whole, named in order here (an ORDER BY would walk the whole table).
+        let crashed = sqlx::query(
+            "SELECT s.host_id AS id FROM health s \
+             WHERE s.unclean_reboot = 1 AND s.at_ms >= $2 AND EXISTS (SELECT 1 FROM rollout_hosts rh \
+             WHERE rh.rollout_id = $1 AND rh.host_id = s.host_id AND rh.wave IS NOT NULL \
+             AND rh.moved_ms <= s.at_ms)",
+        )
         .bind(&row.id)
-        .bind(i64::from(row.level))
-        .bind(NAMED_HOSTS)
+        .bind(ms(row.created_ms))
         .fetch_all(&self.pool)
         .await?;
+        let failed = sqlx::query(
+            "SELECT o.host_id AS id FROM outcomes o \
+             WHERE o.level = $2 AND o.result NOT IN ('applied', 'forced') AND o.at_ms >= $3 \
+             AND EXISTS (SELECT 1 FROM rollout_hosts rh WHERE rh.rollout_id = $1 \
+             AND rh.host_id = o.host_id AND rh.wave IS NOT NULL AND rh.moved_ms <= o.at_ms)",
+        )
+        .bind(&row.id)
+        .bind(i64::from(row.level))
+        .bind(ms(row.created_ms))
+        .fetch_all(&self.pool)
+        .await?;
+        let distinct = |rows: Vec<AnyRow>| -> Result<BTreeSet<String>, sqlx::Error> {
+            rows.iter().map(|r| r.try_get("id")).collect()
+        };
+        let named = |set: &BTreeSet<String>| -> Vec<String> {
+            set.iter()
+                .take(usize::try_from(NAMED_HOSTS).unwrap_or(usize::MAX))
+                .cloned()
+                .collect()
+        };
+        let (crashed, failed) = (distinct(crashed)?, distinct(failed)?);
         Ok(HardFacts {
-            treated: int(&count, "n")?,
-            kernel_errors: names(kernel_errors)?,
-            lost: names(lost)?,
-            crashed: names(crashed)?,
-            failed: names(failed)?,
-            failed_count: int(&failed_count, "n")?,
+            treated: counts.treated,
+            kernel_errors,
+            lost,
+            crashed: named(&crashed),
+            failed: named(&failed),
+            failed_count: failed.len() as u64,
         })
     }
 
@@ -533,10 +566,11 @@ impl Store {
         &self,
         row: &RolloutRow,
         since_ms: u64,
+        baseline_ms: u64,
         per_group: i64,
     ) -> Result<Vec<HostSamples>, sqlx::Error> {
         let treated = sqlx::query(
-            "SELECT host_id FROM rollout_hosts WHERE rollout_id = $1 AND wave IS NOT NULL \
+            "SELECT host_id, moved_ms FROM rollout_hosts WHERE rollout_id = $1 AND wave IS NOT NULL \
              ORDER BY wave DESC, ord LIMIT $2",
         )
         .bind(&row.id)
@@ -544,7 +578,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let control = sqlx::query(
-            "SELECT rh.host_id FROM rollout_hosts rh JOIN hosts h ON h.id = rh.host_id \
+            "SELECT rh.host_id, rh.moved_ms FROM rollout_hosts rh JOIN hosts h ON h.id = rh.host_id \
              WHERE rh.rollout_id = $1 AND rh.wave IS NULL \
              AND ((h.level IS NULL AND $2 = -1) OR h.level = $2) ORDER BY rh.ord LIMIT $3",
         )
@@ -555,32 +589,63 @@ impl Store {
         .await?;
         let mut out = Vec::new();
         for (rows, is_treated) in [(treated, true), (control, false)] {
-            let ids: Vec<String> = rows
+            // Each host's pivot: when it was moved (a treated host), or when the wave started.
+            let hosts: Vec<(String, u64)> = rows
                 .iter()
-                .map(|r| r.try_get("host_id"))
-                .collect::<Result<_, _>>()?;
-            for chunk in ids.chunks(INSERT_CHUNK) {
+                .map(|r| {
+                    let moved: Option<i64> = r.try_get("moved_ms")?;
+                    let pivot = match (is_treated, moved) {
+                        (true, Some(m)) => u64::try_from(m).unwrap_or(0),
+                        _ => since_ms,
+                    };
+                    Ok((r.try_get("host_id")?, pivot))
+                })
+                .collect::<Result<_, sqlx::Error>>()?;
+            for chunk in hosts.chunks(INSERT_CHUNK) {
+                let from = chunk
+                    .iter()
+                    .map(|(_, pivot)| pivot.saturating_sub(baseline_ms))
+                    .min()
+                    .unwrap_or(since_ms);
                 let sql = format!(
-                    "SELECT host_id, patching, metrics FROM health WHERE at_ms >= $1 AND host_id IN ({}) ORDER BY host_id, at_ms",
+                    "SELECT host_id, at_ms, patching, metrics FROM health WHERE at_ms >= $1 AND host_id IN ({}) ORDER BY host_id, at_ms",
                     placeholders(2, chunk.len())
                 );
-                let mut query = sqlx::query(&sql).bind(ms(since_ms));
-                for id in chunk {
+                let mut query = sqlx::query(&sql).bind(ms(from));
+                for (id, _) in chunk {
                     query = query.bind(id.as_str());
                 }
-                let mut by_host: BTreeMap<String, Vec<Sample>> =
-                    chunk.iter().map(|id| (id.clone(), Vec::new())).collect();
+                let mut by_host: BTreeMap<&str, HostSamples> = chunk
+                    .iter()
+                    .map(|(id, _)| {
+                        let host = HostSamples {
+                            host: id.clone(),
+                            treated: is_treated,
+                            samples: Vec::new(),
+                            baseline: Vec::new(),
+                        };
+                        (id.as_str(), host)
+                    })
+                    .collect();
+                let pivots: BTreeMap<&str, u64> =
+                    chunk.iter().map(|(id, p)| (id.as_str(), *p)).collect();
                 for r in query.fetch_all(&self.pool).await? {
                     let host: String = r.try_get("host_id")?;
+                    let at = u64::try_from(r.try_get::<i64, _>("at_ms")?).unwrap_or(0);
                     let patching = r.try_get::<i64, _>("patching")? != 0;
                     let metrics: BTreeMap<String, f64> = json_column(&r, "metrics")?;
-                    by_host.entry(host).or_default().push((patching, metrics));
+                    let (Some(&pivot), Some(entry)) =
+                        (pivots.get(host.as_str()), by_host.get_mut(host.as_str()))
+                    else {
+                        continue;
+                    };
+                    if at >= pivot.max(since_ms) {
+                        entry.samples.push((patching, metrics));
+                    } else if at < pivot && at >= pivot.saturating_sub(baseline_ms) && !patching {
+                        entry.baseline.push((patching, metrics));
+                    }
                 }
-                out.extend(by_host.into_iter().map(|(host, samples)| HostSamples {
-                    host,
-                    treated: is_treated,
-                    samples,
-                }));
+                out.extend(by_host.into_values());
             }
         }
         Ok(out)

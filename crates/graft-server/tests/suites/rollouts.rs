@@ -23,6 +23,10 @@ pub struct Played {
     errors_on_level: Option<u32>,
     /// Its retransmit rate is multiplied by this on the level under test.
     factor_on_level: f64,
+    /// Its first sample on the level under test reports an unclean reboot.
+    crashes_on_level: bool,
+    /// Its transition to the level under test fails (reversed; it stays where it was).
+    fails_on_level: bool,
     noise: u64,
 }
 
@@ -35,12 +39,19 @@ impl Played {
             .json(200);
         let mut outcomes = Vec::new();
         let patching = desired.level != self.level;
+        let mut unclean_reboot = false;
         if patching {
-            self.level = desired.level;
+            let fails = self.fails_on_level && desired.level == Some(under_test);
+            if !fails {
+                self.level = desired.level;
+                unclean_reboot = self.crashes_on_level && desired.level == Some(under_test);
+            }
             outcomes.push(Outcome {
                 id: format!("{}-{now_ms}", self.id),
                 level: desired.level,
-                result: if desired.level.is_some() {
+                result: if fails {
+                    "timed-out-reversed"
+                } else if desired.level.is_some() {
                     "applied"
                 } else {
                     "reverted"
@@ -88,7 +99,7 @@ impl Played {
                 interval_ms: 50,
                 level: self.level,
                 patching,
-                unclean_reboot: false,
+                unclean_reboot,
                 metrics: BTreeMap::from([("tcp_retransmits".to_string(), retransmits)]),
             }),
         };
@@ -118,6 +129,8 @@ pub fn fleet_of(db: Db<'_>, n: usize) -> (Fleet, Server, Vec<Played>) {
                 level: None,
                 errors_on_level: None,
                 factor_on_level: 1.0,
+                crashes_on_level: false,
+                fails_on_level: false,
                 noise: i as u64 + 1,
             }
         })
@@ -170,6 +183,84 @@ pub fn play(server: &Server, admin: &str, hosts: &mut [Played], id: &str) -> Rol
             Instant::now() < deadline,
             "rollout still running after 30 s: {view:?}"
         );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A host that comes back from an unclean reboot after the apply, and transitions that fail
+/// above the limit, each halt the wave at once and name their hosts; control hosts' troubles
+/// (here: a failed transition to another level) do not count.
+pub fn crashes_and_failed_transitions_halt_at_once(db: Db<'_>) {
+    // A crash on one host of the first wave.
+    let (fleet, server, mut hosts) = fleet_of(db, 20);
+    let mut plan = start("50,100");
+    plan.canary = Some(4);
+    let started: RolloutView = server
+        .http
+        .post("/v1/rollouts", Some(&fleet.admin), &plan)
+        .json(201);
+    let first: Vec<String> = {
+        // The rollout's order decides who is first: every host crashes on the level, so the
+        // canary's hosts do.
+        for h in hosts.iter_mut() {
+            h.crashes_on_level = true;
+        }
+        let halted = play(&server, &fleet.admin, &mut hosts, &started.id);
+        assert_eq!(halted.state, RolloutState::Halted, "{halted:?}");
+        assert_eq!(halted.treated, 4, "only the canary moved: {halted:?}");
+        let halt = halted.decisions.last().unwrap();
+        assert!(!halt.at_bake_end, "a hard gate halts at once");
+        assert_eq!(halt.reasons[0].gate, "crash", "{halt:?}");
+        assert!(halted.reason.as_deref().unwrap().contains("unclean reboot"));
+        halt.reasons[0].hosts.clone()
+    };
+    let mut on_level: Vec<String> = hosts
+        .iter()
+        .filter(|h| h.level == Some(1))
+        .map(|h| h.id.clone())
+        .collect();
+    on_level.sort();
+    assert_eq!(first, on_level, "the crashed hosts are the moved ones");
+
+    // Failed transitions: one of four (25%) is above the 2% limit.
+    let (fleet, server, mut hosts) = fleet_of(db, 20);
+    for h in hosts.iter_mut() {
+        h.fails_on_level = true;
+    }
+    let started: RolloutView = server
+        .http
+        .post("/v1/rollouts", Some(&fleet.admin), &plan)
+        .json(201);
+    let halted = play(&server, &fleet.admin, &mut hosts, &started.id);
+    assert_eq!(halted.state, RolloutState::Halted, "{halted:?}");
+    let halt = halted.decisions.last().unwrap();
+    assert_eq!(halt.reasons[0].gate, "transition-failures", "{halt:?}");
+    assert_eq!(halt.reasons[0].hosts.len(), 4, "{halt:?}");
+    assert!(
+        halt.reasons[0]
+            .message
+            .contains("4 of 4 moved hosts failed"),
+        "{}",
+        halt.reasons[0].message
+    );
+    assert!(
+        hosts.iter().all(|h| h.level.is_none()),
+        "nobody took the level"
+    );
+}
+
+/// Rounds of every host for longer than a bake, before a rollout starts: the baseline the
+/// gates compare each host's window with, as a fleet whose agents report all along has.
+pub fn report_a_baseline(server: &Server, hosts: &mut [Played]) {
+    let until = Instant::now() + Duration::from_millis(600);
+    while Instant::now() < until {
+        for h in hosts.iter_mut() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64;
+            h.round(server, 1, now);
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -511,6 +602,7 @@ pub fn halted_rollout(db: Db<'_>) -> (Fleet, Server, RolloutView) {
     for h in hosts.iter_mut() {
         h.factor_on_level = 2.0;
     }
+    report_a_baseline(&server, &mut hosts);
     let started: RolloutView = server
         .http
         .post("/v1/rollouts", Some(&fleet.admin), &start("25,100"))
