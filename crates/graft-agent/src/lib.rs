@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use graft_client::{Client, ClientError};
-use graft_protocol::api::{Desired, EnrollRequest, HealthSample, Outcome, Report};
+use graft_protocol::api::{Desired, EnrollRequest, HealthSample, Inventory, Outcome, Report};
 use graft_protocol::trust::{self, TrustError};
 
 pub use host::{failed, ActionResult, Host, KernelHost};
@@ -139,9 +139,13 @@ pub fn check_in(
         }
     }
 
-    // The report: the inventory and every outcome not yet acknowledged.
+    // The report: the inventory and every outcome not yet acknowledged, when there is
+    // something to say or the server asked for health.
     let mut inventory = host.inventory(state.kmsg_seq_at_apply);
     inventory.level = state.applied.as_ref().map(|a| a.level);
+    if !worth_reporting(&state, &inventory, !done.actions.is_empty(), now_ms) {
+        return Ok(done);
+    }
     let (health, counters) = sample(host, &state, !done.actions.is_empty(), now_ms);
     let report = Report {
         kernel,
@@ -153,11 +157,28 @@ pub fn check_in(
     done.reported = state.pending.len();
     state.pending.clear();
     state.unclean_reboot = false;
+    state.reported = Some((now_ms, report.inventory));
     if let Some(c) = counters {
         state.counters = Some((now_ms, c));
     }
     state.save(&config.state_dir)?;
     Ok(done)
+}
+
+/// Longest a host stays silent with nothing to say.
+const REPORT_AT_LEAST: Duration = Duration::from_secs(3600);
+
+/// Whether this check-in sends a report: outcomes or an unclean reboot to tell, an action
+/// taken, an inventory unlike the last one sent (a kernel warning, a taint, a level), the
+/// server asking for health (a rollout's gates read this host), or an hour of silence.
+/// A fleet at rest then costs its server no writes.
+fn worth_reporting(state: &AgentState, inventory: &Inventory, acted: bool, now_ms: u64) -> bool {
+    let asked = state.desired.as_ref().is_some_and(|d| d.report_health);
+    let stale = state.reported.as_ref().is_none_or(|(at, last)| {
+        last != inventory
+            || now_ms.saturating_sub(*at) >= u64::try_from(REPORT_AT_LEAST.as_millis()).unwrap_or(0)
+    });
+    asked || acted || stale || !state.pending.is_empty() || state.unclean_reboot
 }
 
 /// A new boot since the last check-in: unclean if the agent was not stopped cleanly in the
@@ -580,6 +601,45 @@ mod tests {
             (0..20).map(|_| backoff(10, cap).as_millis()).collect();
         assert!(waits.len() > 1, "no spread: {waits:?}");
         assert!(waits.iter().all(|&w| w >= 30_000), "{waits:?}");
+    }
+
+    #[test]
+    fn a_host_at_rest_reports_only_when_it_has_something_to_say_or_is_asked() {
+        let at_rest = Inventory {
+            level: Some(2),
+            ..Inventory::default()
+        };
+        let mut state = AgentState {
+            reported: Some((1_000, at_rest.clone())),
+            desired: Some(Desired {
+                stream: "s".into(),
+                level: Some(2),
+                signed: None,
+                report_health: false,
+            }),
+            ..AgentState::default()
+        };
+        // Nothing changed a minute later: silent.
+        assert!(!worth_reporting(&state, &at_rest, false, 61_000));
+        // A kernel warning, an action, an outcome to tell, an hour: each reports.
+        let warned = Inventory {
+            kernel_errors: 1,
+            ..at_rest.clone()
+        };
+        assert!(worth_reporting(&state, &warned, false, 61_000));
+        assert!(worth_reporting(&state, &at_rest, true, 61_000));
+        assert!(worth_reporting(&state, &at_rest, false, 1_000 + 3_600_000));
+        state.unclean_reboot = true;
+        assert!(worth_reporting(&state, &at_rest, false, 61_000));
+        state.unclean_reboot = false;
+        // A rollout's gates read this host: every check-in.
+        if let Some(d) = state.desired.as_mut() {
+            d.report_health = true;
+        }
+        assert!(worth_reporting(&state, &at_rest, false, 61_000));
+        // Never reported yet: reports.
+        let fresh = AgentState::default();
+        assert!(worth_reporting(&fresh, &at_rest, false, 0));
     }
 
     /// A kernel whose counters and boot the test sets.

@@ -66,6 +66,10 @@ pub struct AgentState {
     /// An unclean reboot with a level applied, not yet reported.
     #[serde(default)]
     pub unclean_reboot: bool,
+    /// The inventory the server last acknowledged, and when: an unchanged one is not sent
+    /// again unless the server asks for health or an hour passed.
+    #[serde(default)]
+    pub reported: Option<(u64, graft_protocol::api::Inventory)>,
 }
 
 impl AgentState {

@@ -110,6 +110,12 @@ pub struct Desired {
     pub level: Option<u32>,
     /// The publisher's signed metadata of that level.
     pub signed: Option<SignedLevel>,
+    /// Send a health sample at every check-in: a running rollout's gates read this host
+    /// (treated, or a control host, or one whose baseline the next wave needs). Otherwise a
+    /// host reports only when it has something to say (an outcome, a changed inventory, an
+    /// unclean reboot) and at least hourly, so that a large fleet at rest costs no writes.
+    #[serde(default)]
+    pub report_health: bool,
 }
 
 /// A live patch as the host sees it.

@@ -110,19 +110,30 @@ pub(crate) async fn step(
             return halt(store, checkins, row, reasons, Vec::new(), false, now).await;
         }
     }
-    // 2. The current wave, started if none is.
-    if row.wave == 0 {
+    // 2. The current wave, started if none is: its sampled hosts are asked for health first,
+    //    and the first wave moves nobody before they reported a bake's length of baseline.
+    if row.wave == 0 && !row.waves.is_empty() {
         row.wave = 1;
-        if let Some(w) = row.waves.first_mut() {
-            w.started_ms = Some(now);
-        }
+        row.waves[0].started_ms = Some(now);
+        tracing::info!(
+            rollout = row.id,
+            "collecting a baseline before the first wave"
+        );
+        let sample = sampled_ranks(&row.waves, 0);
+        return save(store, checkins, &row, 0, None, &sample, now).await;
     }
-    let index = row.wave as usize - 1;
+    let index = (row.wave as usize).max(1) - 1;
     let Some(wave) = row.waves.get(index).cloned() else {
         // No waves at all: nothing selected. Completed, nothing to do.
         row.state = RolloutState::Completed;
-        return save(store, checkins, &row, 0, None, now).await;
+        return save(store, checkins, &row, 0, None, &[], now).await;
     };
+    let collecting_baseline = row.wave == 1
+        && counts.treated == 0
+        && now < wave.started_ms.unwrap_or(0).saturating_add(row.bake_ms);
+    if collecting_baseline {
+        return Ok(());
+    }
     if counts.treated < wave.target {
         let room = match row.max_parallel {
             Some(k) => u64::from(k).saturating_sub(counts.in_flight),
@@ -142,11 +153,11 @@ pub(crate) async fn step(
             "moving hosts to level {}",
             row.level
         );
-        return save(store, checkins, &row, moves, None, now).await;
+        return save(store, checkins, &row, moves, None, &[], now).await;
     }
     let Some(assigned) = wave.assigned_ms else {
         row.waves[index].assigned_ms = Some(now);
-        return save(store, checkins, &row, 0, None, now).await;
+        return save(store, checkins, &row, 0, None, &[], now).await;
     };
     // 3. Baking.
     if now < assigned.saturating_add(row.bake_ms) || counts.in_flight > 0 {
@@ -200,16 +211,17 @@ pub(crate) async fn step(
     if row.wave as usize == row.waves.len() {
         row.state = RolloutState::Completed;
         tracing::info!(rollout = row.id, "rollout completed");
-    } else {
-        row.wave += 1;
-        row.waves[index + 1].started_ms = Some(now);
-        tracing::info!(
-            rollout = row.id,
-            wave = row.wave,
-            "wave passed its gates; next wave"
-        );
+        return save(store, checkins, &row, 0, None, &[], now).await;
     }
-    save(store, checkins, &row, 0, None, now).await
+    row.wave += 1;
+    row.waves[index + 1].started_ms = Some(now);
+    tracing::info!(
+        rollout = row.id,
+        wave = row.wave,
+        "wave passed its gates; next wave"
+    );
+    let sample = sampled_ranks(&row.waves, index + 1);
+    save(store, checkins, &row, 0, None, &sample, now).await
 }
 
 /// Stops a rollout on failed gates, records why, and rolls it back if it was asked to.
@@ -251,14 +263,36 @@ async fn halt(
             wave: None,
             resigned: None,
         };
-        return save(store, checkins, &row, 0, Some(back), now).await;
+        return save(store, checkins, &row, 0, Some(back), &[], now).await;
     }
     row.state = RolloutState::Halted;
     row.reason = Some(format!(
         "halted in wave {}: {why}; waiting for `rollout resume` or `rollout rollback`",
         row.wave.max(1)
     ));
-    save(store, checkins, &row, 0, None, now).await
+    save(store, checkins, &row, 0, None, &[], now).await
+}
+
+/// The ranks, in the rollout's order, of the hosts asked to report health while wave `index`
+/// runs (offset, count): its own first hosts (the treated side the gates read), the first
+/// hosts after it (the control side, whose baseline was collected in the previous wave),
+/// and the first hosts of the wave after (the next control side, collecting its baseline).
+/// A wave's treated hosts were the previous wave's control, so their baseline exists too.
+fn sampled_ranks(waves: &[WaveView], index: usize) -> Vec<(u64, u64)> {
+    let per_group = u64::try_from(SAMPLED_PER_GROUP).unwrap_or(u64::MAX);
+    let before = index
+        .checked_sub(1)
+        .and_then(|i| waves.get(i))
+        .map_or(0, |w| w.target);
+    let mut ranks = vec![(before, per_group)];
+    ranks.extend(
+        waves
+            .iter()
+            .skip(index)
+            .take(2)
+            .map(|w| (w.target, per_group)),
+    );
+    ranks
 }
 
 /// Writes a step; a lost race is not an error (the winner's row is read at the next tick).
@@ -268,10 +302,11 @@ async fn save(
     row: &RolloutRow,
     moves: u64,
     back: Option<RollBack<'_>>,
+    sample: &[(u64, u64)],
     now: u64,
 ) -> Result<(), sqlx::Error> {
-    let changes_answers = moves > 0 || back.is_some();
-    if store.save_rollout(row, moves, back, now).await? {
+    let changes_answers = moves > 0 || back.is_some() || !sample.is_empty() || row.state.is_final();
+    if store.save_rollout(row, moves, back, sample, now).await? {
         if changes_answers {
             checkins.invalidate();
         }
@@ -472,6 +507,21 @@ mod tests {
         let found = hard_findings(&facts, &gates);
         assert_eq!(found[0].gate, "kernel-error");
         assert!(found[0].message.contains("host web1"));
+    }
+
+    #[test]
+    fn each_wave_samples_its_own_hosts_the_next_ones_and_the_ones_after() {
+        let plan = WavePlan::parse("1,5,25,100").unwrap();
+        let waves = plan_waves(&plan, None, 1_000_000);
+        let k = SAMPLED_PER_GROUP as u64;
+        assert_eq!(sampled_ranks(&waves, 0), [(0, k), (10_000, k), (50_000, k)]);
+        // Wave 2's treated hosts were wave 1's control: their baseline exists.
+        assert_eq!(
+            sampled_ranks(&waves, 1),
+            [(10_000, k), (50_000, k), (250_000, k)]
+        );
+        // The last wave has no control after it.
+        assert_eq!(sampled_ranks(&waves, 3), [(250_000, k), (1_000_000, k)]);
     }
 
     #[test]

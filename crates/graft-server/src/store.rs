@@ -115,6 +115,8 @@ pub(crate) struct DesiredRow {
     pub revoked: bool,
     /// The desired level and its version and signed JSON (both `None` if no level).
     pub level: Option<(u32, u64, String)>,
+    /// The stream's running rollout samples this host's health.
+    pub report_health: bool,
 }
 
 /// A host as the report handler needs it.
@@ -411,7 +413,10 @@ impl Store {
     /// unique index joined to the level's primary key.
     pub async fn desired(&self, credential_hash: &str) -> Result<Option<DesiredRow>, sqlx::Error> {
         let row = sqlx::query(
-            "SELECT h.id, h.stream, h.revoked_ms, h.desired, l.version, l.signed \
+            "SELECT h.id, h.stream, h.revoked_ms, h.desired, l.version, l.signed, \
+             CASE WHEN EXISTS (SELECT 1 FROM rollouts r JOIN rollout_hosts rh ON rh.rollout_id = r.id \
+               WHERE r.live = h.stream AND rh.host_id = h.id AND rh.sampled = 1) THEN 1 ELSE 0 END \
+               AS report_health \
              FROM hosts h LEFT JOIN levels l ON l.stream = h.stream AND l.level = h.desired \
              WHERE h.credential_hash = $1",
         )
@@ -432,6 +437,7 @@ impl Store {
             stream: row.try_get("stream")?,
             revoked: row.try_get::<Option<i64>, _>("revoked_ms")?.is_some(),
             level,
+            report_health: row.try_get::<i64, _>("report_health")? != 0,
         }))
     }
 

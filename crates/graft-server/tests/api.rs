@@ -75,7 +75,8 @@ fn enroll_and_poll_desired(db: Db<'_>) {
         Desired {
             stream: kernel().stream(),
             level: None,
-            signed: None
+            signed: None,
+            report_health: false,
         }
     );
     let tag = first.header("etag").expect("an ETag");

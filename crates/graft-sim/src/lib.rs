@@ -460,7 +460,7 @@ fn check_in_loop(
                 Ok(wire::Answer::NotModified) => {
                     not_modified.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(wire::Answer::Changed(tag, _)) => host.etag = tag,
+                Ok(wire::Answer::Changed(tag, ..)) => host.etag = tag,
                 Err(e) => {
                     tracing::debug!("check-in failed: {e}");
                     errors.fetch_add(1, Ordering::Relaxed);

@@ -9,9 +9,11 @@
 //! 2. tells the hosts what this run injects. A host whose desired level changed "applies" it:
 //!    its transition may fail, it may crash and come back (an unclean reboot in its next
 //!    sample) or stop reporting; it reports the outcome and a sample of the patching window
-//!    (the spike every host shows while a patch goes live). Hosts on the level under test
-//!    report a health sample every interval, as agents do; of the others, a share does
-//!    (`--report-share`), enough for the control. Metrics come from a seeded model of a fleet
+//!    (the spike every host shows while a patch goes live). As agents do, the hosts the
+//!    server asks for health (a rollout samples its treated and control hosts, and the next
+//!    wave's, for their baselines) report at every check-in; of the others, a share does in
+//!    an interval (`--report-share`: the reports of changes and the hourly ones). Metrics come
+//!    from a seeded model of a fleet
 //!    (hosts differ, intervals are noisy), redrawn for every run, with the run's regression on
 //!    hosts that run the level under test;
 //! 3. follows the rollout until it is no longer running;
@@ -49,7 +51,7 @@ pub struct RolloutSim {
     pub transition_failure_rate: f64,
     /// Chance that a host stops reporting after applying.
     pub stuck_rate: f64,
-    /// Share of hosts not on the level under test that send a health sample in an interval.
+    /// Share of the hosts the server did not ask for health that report in an interval.
     pub report_share: f64,
     /// Give up after this long.
     pub timeout: Duration,
@@ -112,6 +114,8 @@ struct Host {
     epoch: u64,
     stuck: bool,
     crashed: bool,
+    /// The server asks it for health at every check-in (a rollout's gates read it).
+    asked: bool,
 }
 
 /// An enrolled simulated fleet whose hosts check in until it is dropped.
@@ -170,6 +174,7 @@ impl SimFleet {
                     epoch: 0,
                     stuck: false,
                     crashed: false,
+                    asked: false,
                 })
                 .collect();
             let client = Client::new(&target.url, target.ca.as_deref())?;
@@ -440,8 +445,9 @@ impl Worker<'_> {
     ) -> Result<(), String> {
         let wanted = match wire.desired(&host.credential, host.etag.as_deref())? {
             wire::Answer::NotModified => None,
-            wire::Answer::Changed(tag, level) => {
+            wire::Answer::Changed(tag, level, asked) => {
                 host.etag = tag;
+                host.asked = asked;
                 Some(level)
             }
         };
@@ -477,7 +483,10 @@ impl Worker<'_> {
                 // It hangs right after the apply: nothing more is heard from it.
                 return Ok(());
             }
-        } else if !host.crashed && !under_test(host.level) && !self.rng.gen_bool(run.report_share) {
+        } else if !host.crashed && !host.asked && !self.rng.gen_bool(run.report_share) {
+            // As a real agent: silent unless it has something to say or the server asked
+            // for its health; `report_share` stands for the reports of changes and the
+            // hourly ones.
             return Ok(());
         }
         let on_level = under_test(host.level);

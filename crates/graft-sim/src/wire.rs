@@ -19,7 +19,7 @@ pub(crate) enum Answer {
     /// 304: the ETag still holds.
     NotModified,
     /// 200: a (new) desired state's ETag and level.
-    Changed(Option<String>, Option<u32>),
+    Changed(Option<String>, Option<u32>, bool),
 }
 
 /// One worker's way to the server.
@@ -46,7 +46,9 @@ impl Wire {
             Wire::Lean(lean) => lean.desired(credential, etag),
             Wire::Client(client) => match client.desired_as(Some(credential), etag) {
                 Ok(None) => Ok(Answer::NotModified),
-                Ok(Some((desired, tag))) => Ok(Answer::Changed(tag, desired.level)),
+                Ok(Some((desired, tag))) => {
+                    Ok(Answer::Changed(tag, desired.level, desired.report_health))
+                }
                 Err(e) => Err(e.to_string()),
             },
         }
@@ -172,7 +174,7 @@ impl LeanHttp {
                 let body = &self.buf[head_len..head_len + body_len];
                 let desired = serde_json::from_slice::<Desired>(body)
                     .map_err(|e| format!("the desired state does not parse: {e}"))?;
-                Ok(Answer::Changed(tag, desired.level))
+                Ok(Answer::Changed(tag, desired.level, desired.report_health))
             }
             other => Err(format!(
                 "HTTP {other}: {}",

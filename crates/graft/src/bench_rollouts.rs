@@ -108,6 +108,15 @@ pub fn run(args: &BenchRolloutsArgs) -> anyhow::Result<ExitCode> {
             bench.detected_in_first_wave += 1;
         } else {
             bench.missed.push((seed, r.state.clone(), r.wave));
+            // Why the first wave passed: its decision's notes (too few hosts, levels compared).
+            if let Some(first) = r.decisions.iter().find(|d| d.wave == 1) {
+                let notes: Vec<&str> = first.notes.iter().map(|n| n.message.as_str()).collect();
+                eprintln!(
+                    "graft bench rollouts: seed {seed}: the first wave {}: {}",
+                    first.decision,
+                    notes.join("; ")
+                );
+            }
         }
         regressed_s.push(r.seconds);
         bench.decisions += r.decisions.len() as u64;

@@ -318,7 +318,8 @@ pub struct BenchRolloutsArgs {
     /// The injected regression, METRIC=FACTOR on hosts running the level under test.
     #[arg(long, default_value = "tcp_retransmits=2.0")]
     pub regression: String,
-    /// Share of the hosts not on the level under test that report each interval.
+    /// Share of the hosts the server did not ask for health that report each interval
+    /// (the sampled ones always do).
     #[arg(long, default_value_t = 0.5)]
     pub report_share: f64,
     /// Worker threads of the simulator.

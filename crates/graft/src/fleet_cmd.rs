@@ -195,8 +195,9 @@ pub enum FleetCommand {
         /// With --rollout: chance that a host stops reporting after applying.
         #[arg(long, default_value_t = 0.0, requires = "rollout")]
         stuck_rate: f64,
-        /// With --rollout: share of hosts sending a health sample each interval (default:
-        /// enough for about 4,000 samples per interval).
+        /// With --rollout: share of the hosts the server did not ask for health that report
+        /// each interval anyway, standing for agents' reports of changes and hourly ones
+        /// (default: about 4,000 per interval; 0: only the hosts asked, as at rest).
         #[arg(long, requires = "rollout")]
         report_share: Option<f64>,
         /// With --rollout: the model's spreads between hosts and intervals, scaled (0: none,

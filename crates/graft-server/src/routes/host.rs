@@ -81,6 +81,7 @@ async fn look_up(state: &AppState, credential: &Credential) -> Result<Entry, Fai
         stream: row.stream.clone(),
         level,
         signed,
+        report_health: row.report_health,
     })
     .map_err(|e| Failure::internal(e.to_string()))?;
     Ok(state.checkins.put(
@@ -97,7 +98,8 @@ async fn look_up(state: &AppState, credential: &Credential) -> Result<Entry, Fai
 
 /// A strong tag of what `desired` answers, from database state only, so every replica gives
 /// the same tag for the same answer: the stream, the level and its signed version (a level's
-/// metadata never changes once published, and a new signing is a new version).
+/// metadata never changes once published, and a new signing is a new version), and whether a
+/// rollout samples the host's health.
 fn etag(row: &DesiredRow) -> String {
     let (level, version) = row
         .level
@@ -105,7 +107,14 @@ fn etag(row: &DesiredRow) -> String {
         .map_or(("none".to_string(), "0".to_string()), |(l, v, _)| {
             (l.to_string(), v.to_string())
         });
-    let digest = Sha256::digest(format!("{}\n{level}\n{version}", row.stream).as_bytes());
+    let digest = Sha256::digest(
+        format!(
+            "{}\n{level}\n{version}\n{}",
+            row.stream,
+            u8::from(row.report_health)
+        )
+        .as_bytes(),
+    );
     format!("\"{}\"", &hex::encode(digest)[..32])
 }
 
@@ -185,11 +194,12 @@ mod tests {
             stream: "s@1".into(),
             revoked: false,
             level,
+            report_health: false,
         }
     }
 
     #[test]
-    fn the_tag_changes_with_level_and_version_only() {
+    fn the_tag_changes_with_level_version_and_sampling_only() {
         let none = etag(&row(None));
         let one = etag(&row(Some((1, 5, "x".into()))));
         let one_again = etag(&row(Some((1, 5, "y".into()))));
@@ -198,6 +208,13 @@ mod tests {
         assert_eq!(one, one_again);
         assert_ne!(one, resigned);
         assert!(one.starts_with('"') && one.ends_with('"'));
+        let mut asked = row(Some((1, 5, "x".into())));
+        asked.report_health = true;
+        assert_ne!(
+            etag(&asked),
+            one,
+            "a host asked for health sees a new answer"
+        );
     }
 
     #[test]

@@ -333,7 +333,11 @@ async fn rollback_checked(
                 .as_ref()
                 .map(|(level, version, json)| (*level, *version, json.as_str())),
         };
-        if state.store.save_rollout(&row, 0, Some(back), now).await? {
+        if state
+            .store
+            .save_rollout(&row, 0, Some(back), &[], now)
+            .await?
+        {
             state.checkins.invalidate();
             let row = find(state, id).await?;
             return view(state, &row, true).await;
@@ -391,7 +395,11 @@ async fn act(
             let mut row = find(state, id).await?;
             let now = crate::now_ms();
             change(&mut row, now)?;
-            if state.store.save_rollout(&row, 0, None, now).await? {
+            if state.store.save_rollout(&row, 0, None, &[], now).await? {
+                if row.state.is_final() {
+                    // Its sampled hosts are no longer asked for health.
+                    state.checkins.invalidate();
+                }
                 let row = find(state, id).await?;
                 return view(state, &row, true).await;
             }

@@ -330,6 +330,7 @@ impl Store {
         row: &RolloutRow,
         moves: u64,
         back: Option<RollBack<'_>>,
+        sample: &[(u64, u64)],
         now_ms: u64,
     ) -> Result<bool, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
@@ -424,7 +425,30 @@ impl Store {
             .await?;
             changed = true;
         }
-        if changed {
+        if !sample.is_empty() {
+            // The hosts whose health the gates will read, by their rank in the rollout's
+            // order: asked to report at every check-in (their answers change).
+            sqlx::query(
+                "UPDATE rollout_hosts SET sampled = 0 WHERE rollout_id = $1 AND sampled = 1",
+            )
+            .bind(&row.id)
+            .execute(&mut *tx)
+            .await?;
+            for &(offset, count) in sample {
+                sqlx::query(
+                    "UPDATE rollout_hosts SET sampled = 1 WHERE rollout_id = $1 AND host_id IN \
+                     (SELECT host_id FROM rollout_hosts WHERE rollout_id = $1 ORDER BY ord LIMIT $2 OFFSET $3)",
+                )
+                .bind(&row.id)
+                .bind(ms(count))
+                .bind(ms(offset))
+                .execute(&mut *tx)
+                .await?;
+            }
+            changed = true;
+        }
+        // A rollout that ends stops asking its sampled hosts for health.
+        if changed || row.state.is_final() {
             sqlx::query(BUMP).execute(&mut *tx).await?;
         }
         tx.commit().await?;
@@ -570,13 +594,26 @@ impl Store {
         per_group: i64,
     ) -> Result<Vec<HostSamples>, sqlx::Error> {
         let treated = sqlx::query(
-            "SELECT host_id, moved_ms FROM rollout_hosts WHERE rollout_id = $1 AND wave IS NOT NULL \
+            "SELECT host_id, moved_ms, wave FROM rollout_hosts WHERE rollout_id = $1 AND wave IS NOT NULL \
              ORDER BY wave DESC, ord LIMIT $2",
         )
         .bind(&row.id)
         .bind(per_group)
         .fetch_all(&self.pool)
         .await?;
+        // The wave's treatment began with its first move: the control hosts' pivot.
+        let mut first_move: Option<u64> = None;
+        for r in &treated {
+            let (wave, moved): (Option<i64>, Option<i64>) =
+                (r.try_get("wave")?, r.try_get("moved_ms")?);
+            if let (Some(w), Some(m)) = (wave, moved) {
+                if w == i64::from(row.wave) {
+                    let m = u64::try_from(m).unwrap_or(0);
+                    first_move = Some(first_move.map_or(m, |f| f.min(m)));
+                }
+            }
+        }
+        let control_pivot = first_move.unwrap_or(since_ms).max(since_ms);
         let control = sqlx::query(
             "SELECT rh.host_id, rh.moved_ms FROM rollout_hosts rh JOIN hosts h ON h.id = rh.host_id \
              WHERE rh.rollout_id = $1 AND rh.wave IS NULL \
@@ -589,14 +626,15 @@ impl Store {
         .await?;
         let mut out = Vec::new();
         for (rows, is_treated) in [(treated, true), (control, false)] {
-            // Each host's pivot: when it was moved (a treated host), or when the wave started.
+            // Each host's pivot: when it was moved (a treated host), or when the wave's first
+            // host was.
             let hosts: Vec<(String, u64)> = rows
                 .iter()
                 .map(|r| {
                     let moved: Option<i64> = r.try_get("moved_ms")?;
                     let pivot = match (is_treated, moved) {
                         (true, Some(m)) => u64::try_from(m).unwrap_or(0),
-                        _ => since_ms,
+                        _ => control_pivot,
                     };
                     Ok((r.try_get("host_id")?, pivot))
                 })
