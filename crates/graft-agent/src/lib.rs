@@ -15,6 +15,7 @@
 
 pub mod health;
 mod host;
+pub mod probe;
 mod state;
 
 use std::collections::BTreeMap;
@@ -146,7 +147,10 @@ pub fn check_in(
     if !worth_reporting(&state, &inventory, !done.actions.is_empty(), now_ms) {
         return Ok(done);
     }
-    let (health, counters) = sample(host, &state, !done.actions.is_empty(), now_ms);
+    let (mut health, counters) = sample(host, &state, !done.actions.is_empty(), now_ms);
+    if let Some(h) = health.as_mut() {
+        h.metrics.extend(signed_probes(&state, now_ms));
+    }
     let report = Report {
         kernel,
         inventory,
@@ -163,6 +167,39 @@ pub fn check_in(
     }
     state.save(&config.state_dir)?;
     Ok(done)
+}
+
+/// The values of the probes the publisher signed with the level a rollout moves hosts to,
+/// when the server asked this host for health and the metadata verifies against the pinned
+/// keys; nothing otherwise (a refusal is logged: a server cannot make a host run a command).
+fn signed_probes(state: &AgentState, now_ms: u64) -> BTreeMap<String, f64> {
+    let Some(desired) = state.desired.as_ref().filter(|d| d.report_health) else {
+        return BTreeMap::new();
+    };
+    let Some(signed) = &desired.probes else {
+        return BTreeMap::new();
+    };
+    let keys: Result<Vec<_>, _> = state
+        .keys
+        .iter()
+        .map(|k| trust::verifying_key_from_hex(k))
+        .collect();
+    // Not the rollback check: the probes' level is not applied, only read.
+    let verified = keys.map_err(|e| e.to_string()).and_then(|keys| {
+        signed
+            .verify(&keys, &desired.stream, now_ms / 1000, None)
+            .map_err(|e| e.to_string())
+    });
+    match verified {
+        Ok(level) => probe::run_all(&level.probes),
+        Err(why) => {
+            tracing::warn!(
+                error = why,
+                "the probes' metadata does not verify: none run"
+            );
+            BTreeMap::new()
+        }
+    }
 }
 
 /// Longest a host stays silent with nothing to say.
@@ -616,6 +653,7 @@ mod tests {
                 level: Some(2),
                 signed: None,
                 report_health: false,
+                probes: None,
             }),
             ..AgentState::default()
         };
@@ -640,6 +678,50 @@ mod tests {
         // Never reported yet: reports.
         let fresh = AgentState::default();
         assert!(worth_reporting(&fresh, &at_rest, false, 0));
+    }
+
+    #[test]
+    fn probes_run_only_from_signed_metadata_and_only_when_asked() {
+        use graft_protocol::trust::{generate_key, key_id, Level, SignedLevel};
+        let publisher = generate_key();
+        let stream = "6.1.0-56-amd64@eb4fbcd037e7";
+        let level = Level {
+            stream: stream.into(),
+            kernel: graft_protocol::KernelId {
+                release: "6.1.0-56-amd64".into(),
+                build_id: "eb4fbcd0".into(),
+            },
+            level: 3,
+            version: 9,
+            module_name: "fix3".into(),
+            module_sha256: "aa".into(),
+            manifest_sha256: "bb".into(),
+            patches: Vec::new(),
+            expires: u64::MAX / 2000,
+            probes: BTreeMap::from([("queue".to_string(), "echo 7".to_string())]),
+        };
+        let state = |signed: SignedLevel, asked: bool| AgentState {
+            keys: vec![hex::encode(publisher.verifying_key().to_bytes())],
+            desired: Some(Desired {
+                stream: stream.into(),
+                level: Some(2),
+                signed: None,
+                report_health: asked,
+                probes: Some(signed),
+            }),
+            ..AgentState::default()
+        };
+        let signed = SignedLevel::sign(&level, &publisher);
+        assert_eq!(
+            signed_probes(&state(signed.clone(), true), 1_000),
+            BTreeMap::from([("probe:queue".to_string(), 7.0)])
+        );
+        // Not asked for health: nothing runs.
+        assert!(signed_probes(&state(signed, false), 1_000).is_empty());
+        // Signed by anyone but the pinned publisher: nothing runs.
+        let forged = SignedLevel::sign(&level, &generate_key());
+        assert_ne!(forged.signatures[0].key, key_id(&publisher.verifying_key()));
+        assert!(signed_probes(&state(forged, true), 1_000).is_empty());
     }
 
     /// A kernel whose counters and boot the test sets.

@@ -17,6 +17,9 @@ pub enum PublishError {
     /// The module or its manifest.
     #[error(transparent)]
     Manifest(#[from] graft_manifest::ManifestError),
+    /// A probe the publisher named.
+    #[error("{0}")]
+    Probes(String),
     /// The manifest beside the module.
     #[error("reading {path}: {cause}")]
     Io {
@@ -36,6 +39,20 @@ pub struct Prepared {
     pub level: Level,
     /// The request body.
     pub publish: Publish,
+}
+
+impl Prepared {
+    /// The same level with `probes` (checked against their limits), signed again with `key`.
+    pub fn with_probes(
+        mut self,
+        probes: std::collections::BTreeMap<String, String>,
+        key: &SigningKey,
+    ) -> Result<Self, PublishError> {
+        graft_protocol::trust::check_probes(&probes).map_err(PublishError::Probes)?;
+        self.level.probes = probes;
+        self.publish.signed = SignedLevel::sign(&self.level, key);
+        Ok(self)
+    }
 }
 
 /// Prepares level `level`, version `version`, of the module at `module` (its manifest
@@ -71,6 +88,7 @@ pub fn prepare(
         manifest_sha256: graft_manifest::sha256(manifest_text.as_bytes()),
         patches: manifest.patches.iter().map(|p| p.sha256.clone()).collect(),
         expires,
+        probes: Default::default(),
     };
     let publish = Publish {
         signed: SignedLevel::sign(&level, key),

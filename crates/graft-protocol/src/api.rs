@@ -116,6 +116,11 @@ pub struct Desired {
     /// unclean reboot) and at least hourly, so that a large fleet at rest costs no writes.
     #[serde(default)]
     pub report_health: bool,
+    /// With `report_health`: the signed metadata of the level the rollout moves hosts to, for
+    /// its probes ([`crate::trust::Level::probes`]), which treated and control hosts alike
+    /// run (the agent verifies it; it does not apply it). `None`: no probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<SignedLevel>,
 }
 
 /// A live patch as the host sees it.

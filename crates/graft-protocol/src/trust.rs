@@ -5,6 +5,8 @@
 //! over exactly those bytes, then parses them. Ed25519 keys (ed25519-dalek); a key is named by
 //! the first 16 hex digits of the SHA-256 of its public bytes.
 
+use std::collections::BTreeMap;
+
 use base64::Engine as _;
 use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use sha2::{Digest, Sha256};
@@ -92,6 +94,55 @@ pub struct Level {
     pub patches: Vec<String>,
     /// Seconds since the epoch after which agents refuse it.
     pub expires: u64,
+    /// Health probes the hosts a rollout of this level samples run at every check-in: a name,
+    /// and a shell command that prints one number, higher being worse (reported as the
+    /// metric `probe:NAME` and gated like the kernel's own). Signed, because agents run them
+    /// as root: a server cannot make a host run anything the publisher did not sign.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub probes: BTreeMap<String, String>,
+}
+
+/// Most probes a level names.
+pub const MAX_PROBES: usize = 8;
+/// Longest probe name.
+pub const MAX_PROBE_NAME: usize = 32;
+/// Longest probe command, in bytes.
+pub const MAX_PROBE_COMMAND: usize = 1024;
+
+impl Level {
+    /// Checks the probes' names and commands against the limits; the first problem, named.
+    pub fn check_probes(&self) -> Result<(), String> {
+        check_probes(&self.probes)
+    }
+}
+
+/// See [`Level::check_probes`].
+pub fn check_probes(probes: &BTreeMap<String, String>) -> Result<(), String> {
+    if probes.len() > MAX_PROBES {
+        return Err(format!(
+            "{} probes: at most {MAX_PROBES} per level",
+            probes.len()
+        ));
+    }
+    for (name, command) in probes {
+        let good_name = !name.is_empty()
+            && name.len() <= MAX_PROBE_NAME
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !good_name {
+            return Err(format!(
+                "probe name {name:?}: 1 to {MAX_PROBE_NAME} of a-z, 0-9 and _"
+            ));
+        }
+        if command.trim().is_empty() || command.len() > MAX_PROBE_COMMAND || command.contains('\0')
+        {
+            return Err(format!(
+                "probe {name}: a command of 1 to {MAX_PROBE_COMMAND} bytes, without NUL"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A signature over [`SignedLevel::signed`].
@@ -254,7 +305,69 @@ mod tests {
             manifest_sha256: "bb".into(),
             patches: vec!["p1".into(), "p2".into()],
             expires,
+            probes: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn probes_are_signed_and_metadata_without_them_reads_as_before() {
+        let key = generate_key();
+        let keys = [key.verifying_key()];
+        let stream = "6.1.0-56-amd64@eb4fbcd037e7";
+        // Without probes, the signed bytes have no `probes` key at all: metadata signed before
+        // probes existed verifies unchanged.
+        let plain = SignedLevel::sign(&level(1, 100), &key);
+        let bytes = plain.bytes().unwrap();
+        assert!(!String::from_utf8(bytes).unwrap().contains("probes"));
+        assert!(plain
+            .verify(&keys, stream, 10, None)
+            .unwrap()
+            .probes
+            .is_empty());
+        let mut probed = level(2, 100);
+        probed
+            .probes
+            .insert("dns_ms".into(), "cat /run/dns-latency-ms".into());
+        let signed = SignedLevel::sign(&probed, &key);
+        let verified = signed.verify(&keys, stream, 10, None).unwrap();
+        assert_eq!(verified.probes["dns_ms"], "cat /run/dns-latency-ms");
+        // A probe changed on the way is a bad signature.
+        let mut tampered = probed.clone();
+        tampered.probes.insert("dns_ms".into(), "rm -rf /".into());
+        let forged = SignedLevel {
+            signed: base64::engine::general_purpose::STANDARD
+                .encode(serde_json::to_vec(&tampered).unwrap()),
+            signatures: signed.signatures.clone(),
+        };
+        assert!(matches!(
+            forged.verify(&keys, stream, 10, None),
+            Err(TrustError::BadSignature { .. })
+        ));
+    }
+
+    #[test]
+    fn probe_names_and_commands_have_limits() {
+        let probes = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(n, c)| (n.to_string(), c.to_string()))
+                .collect()
+        };
+        assert!(check_probes(&probes(&[("dns_ms", "echo 1"), ("q2", "echo 2")])).is_ok());
+        for (bad, why) in [
+            (probes(&[("DNS", "echo 1")]), "probe name"),
+            (probes(&[("", "echo 1")]), "probe name"),
+            (probes(&[(&"a".repeat(33), "echo 1")]), "probe name"),
+            (probes(&[("a", "  ")]), "a command of"),
+            (probes(&[("a", &"x".repeat(1025))]), "a command of"),
+            (probes(&[("a", "echo \0")]), "a command of"),
+        ] {
+            let err = check_probes(&bad).unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
+        let many: BTreeMap<String, String> =
+            (0..9).map(|i| (format!("p{i}"), "echo 1".into())).collect();
+        assert!(check_probes(&many).unwrap_err().contains("at most 8"));
     }
 
     const STREAM: &str = "6.1.0-56-amd64@eb4fbcd037e7";

@@ -84,6 +84,10 @@ pub struct GateConfig {
     pub min_hosts: usize,
     /// The largest fraction of treated hosts whose transition may fail.
     pub max_transition_failures: f64,
+    /// Most hosts per side whose samples a bake's end reads (and whom the server asks for
+    /// health): a rank test of changes on a thousand hosts a side already detects small
+    /// shifts, and a million-host fleet then writes a few thousand samples a minute.
+    pub hosts_per_side: u64,
 }
 
 impl Default for GateConfig {
@@ -93,6 +97,7 @@ impl Default for GateConfig {
             min_effect: 0.65,
             min_hosts: 5,
             max_transition_failures: 0.02,
+            hosts_per_side: 1000,
         }
     }
 }

@@ -22,11 +22,6 @@ use graft_rollout::{evaluate, Decision, GateConfig, Group, HostWindow, Phase, Re
 use crate::checkins::CheckinCache;
 use crate::store::{HardFacts, HostSamples, RollBack, RolloutRow, Store, NAMED_HOSTS};
 
-/// Most hosts per group whose samples the statistical gates read at one bake's end: a rank
-/// test on a thousand hosts a side already detects small shifts, and the query stays cheap
-/// on a million-host fleet.
-const SAMPLED_PER_GROUP: i64 = 1000;
-
 /// How long health samples are kept.
 const HEALTH_KEPT: Duration = Duration::from_secs(14 * 24 * 3600);
 
@@ -119,7 +114,7 @@ pub(crate) async fn step(
             rollout = row.id,
             "collecting a baseline before the first wave"
         );
-        let sample = sampled_ranks(&row.waves, 0);
+        let sample = sampled_ranks(&row.waves, 0, gates.hosts_per_side);
         return save(store, checkins, &row, 0, None, &sample, now).await;
     }
     let index = (row.wave as usize).max(1) - 1;
@@ -168,7 +163,12 @@ pub(crate) async fn step(
     // Each host's baseline: a bake's length of its samples before it was moved (or, for a
     // control host, before the wave started).
     let samples = store
-        .window_samples(&row, since, row.bake_ms, SAMPLED_PER_GROUP)
+        .window_samples(
+            &row,
+            since,
+            row.bake_ms,
+            i64::try_from(gates.hosts_per_side).unwrap_or(i64::MAX),
+        )
         .await?;
     let windows = windows_of(&samples);
     let has_control = windows.iter().any(|w| w.group == Group::Control);
@@ -220,7 +220,7 @@ pub(crate) async fn step(
         wave = row.wave,
         "wave passed its gates; next wave"
     );
-    let sample = sampled_ranks(&row.waves, index + 1);
+    let sample = sampled_ranks(&row.waves, index + 1, gates.hosts_per_side);
     save(store, checkins, &row, 0, None, &sample, now).await
 }
 
@@ -274,12 +274,11 @@ async fn halt(
 }
 
 /// The ranks, in the rollout's order, of the hosts asked to report health while wave `index`
-/// runs (offset, count): its own first hosts (the treated side the gates read), the first
+/// runs (offset, count), `per_group` of each: its own first hosts (the treated side the gates read), the first
 /// hosts after it (the control side, whose baseline was collected in the previous wave),
 /// and the first hosts of the wave after (the next control side, collecting its baseline).
 /// A wave's treated hosts were the previous wave's control, so their baseline exists too.
-fn sampled_ranks(waves: &[WaveView], index: usize) -> Vec<(u64, u64)> {
-    let per_group = u64::try_from(SAMPLED_PER_GROUP).unwrap_or(u64::MAX);
+fn sampled_ranks(waves: &[WaveView], index: usize, per_group: u64) -> Vec<(u64, u64)> {
     let before = index
         .checked_sub(1)
         .and_then(|i| waves.get(i))
@@ -513,15 +512,18 @@ mod tests {
     fn each_wave_samples_its_own_hosts_the_next_ones_and_the_ones_after() {
         let plan = WavePlan::parse("1,5,25,100").unwrap();
         let waves = plan_waves(&plan, None, 1_000_000);
-        let k = SAMPLED_PER_GROUP as u64;
-        assert_eq!(sampled_ranks(&waves, 0), [(0, k), (10_000, k), (50_000, k)]);
+        let k = 1000;
+        assert_eq!(
+            sampled_ranks(&waves, 0, k),
+            [(0, k), (10_000, k), (50_000, k)]
+        );
         // Wave 2's treated hosts were wave 1's control: their baseline exists.
         assert_eq!(
-            sampled_ranks(&waves, 1),
+            sampled_ranks(&waves, 1, k),
             [(10_000, k), (50_000, k), (250_000, k)]
         );
         // The last wave has no control after it.
-        assert_eq!(sampled_ranks(&waves, 3), [(250_000, k), (1_000_000, k)]);
+        assert_eq!(sampled_ranks(&waves, 3, k), [(250_000, k), (1_000_000, k)]);
     }
 
     #[test]

@@ -117,6 +117,9 @@ pub(crate) struct DesiredRow {
     pub level: Option<(u32, u64, String)>,
     /// The stream's running rollout samples this host's health.
     pub report_health: bool,
+    /// With `report_health`: the version and signed JSON of the level that rollout moves
+    /// hosts to (its probes).
+    pub probes: Option<(u64, String)>,
 }
 
 /// A host as the report handler needs it.
@@ -414,10 +417,13 @@ impl Store {
     pub async fn desired(&self, credential_hash: &str) -> Result<Option<DesiredRow>, sqlx::Error> {
         let row = sqlx::query(
             "SELECT h.id, h.stream, h.revoked_ms, h.desired, l.version, l.signed, \
-             CASE WHEN EXISTS (SELECT 1 FROM rollouts r JOIN rollout_hosts rh ON rh.rollout_id = r.id \
-               WHERE r.live = h.stream AND rh.host_id = h.id AND rh.sampled = 1) THEN 1 ELSE 0 END \
-               AS report_health \
+             CASE WHEN rh.sampled = 1 THEN 1 ELSE 0 END AS report_health, \
+             CASE WHEN rh.sampled = 1 THEN lr.version END AS probes_version, \
+             CASE WHEN rh.sampled = 1 THEN lr.signed END AS probes_signed \
              FROM hosts h LEFT JOIN levels l ON l.stream = h.stream AND l.level = h.desired \
+             LEFT JOIN rollouts r ON r.live = h.stream \
+             LEFT JOIN rollout_hosts rh ON rh.rollout_id = r.id AND rh.host_id = h.id \
+             LEFT JOIN levels lr ON lr.stream = r.stream AND lr.level = r.level \
              WHERE h.credential_hash = $1",
         )
         .bind(credential_hash)
@@ -438,6 +444,13 @@ impl Store {
             revoked: row.try_get::<Option<i64>, _>("revoked_ms")?.is_some(),
             level,
             report_health: row.try_get::<i64, _>("report_health")? != 0,
+            probes: match (
+                opt_int::<u64>(&row, "probes_version")?,
+                row.try_get::<Option<String>, _>("probes_signed")?,
+            ) {
+                (Some(version), Some(signed)) => Some((version, signed)),
+                _ => None,
+            },
         }))
     }
 

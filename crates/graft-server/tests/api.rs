@@ -17,7 +17,8 @@ mod support;
 use rollouts::{
     a_clean_rollout_completes_wave_by_wave, a_kernel_warning_halts_the_first_wave,
     a_metric_regression_halts_at_the_bake_end, bad_rollouts_are_refused,
-    crashes_and_failed_transitions_halt_at_once, the_dashboard_shows_a_halted_rollout,
+    crashes_and_failed_transitions_halt_at_once, probes_travel_to_sampled_hosts,
+    the_dashboard_shows_a_halted_rollout,
 };
 
 use std::io::{Read as _, Write as _};
@@ -77,6 +78,7 @@ fn enroll_and_poll_desired(db: Db<'_>) {
             level: None,
             signed: None,
             report_health: false,
+            probes: None,
         }
     );
     let tag = first.header("etag").expect("an ETag");
@@ -776,6 +778,11 @@ fn sqlite_crashes_and_failed_transitions_halt_at_once() {
 }
 
 #[test]
+fn sqlite_probes_travel_to_sampled_hosts() {
+    probes_travel_to_sampled_hosts(Db::Sqlite);
+}
+
+#[test]
 fn sqlite_a_metric_regression_halts_at_the_bake_end() {
     a_metric_regression_halts_at_the_bake_end(Db::Sqlite);
 }
@@ -902,6 +909,7 @@ fn postgres() {
         a_kernel_warning_halts_the_first_wave,
         a_metric_regression_halts_at_the_bake_end,
         crashes_and_failed_transitions_halt_at_once,
+        probes_travel_to_sampled_hosts,
         bad_rollouts_are_refused,
         the_dashboard_shows_a_halted_rollout,
         replicas_share_one_database,

@@ -116,6 +116,9 @@ struct Host {
     crashed: bool,
     /// The server asks it for health at every check-in (a rollout's gates read it).
     asked: bool,
+    /// Outcomes not acknowledged yet: sent again until a report gets through, as an agent
+    /// keeps them.
+    pending: Vec<Outcome>,
 }
 
 /// An enrolled simulated fleet whose hosts check in until it is dropped.
@@ -175,6 +178,7 @@ impl SimFleet {
                     stuck: false,
                     crashed: false,
                     asked: false,
+                    pending: Vec::new(),
                 })
                 .collect();
             let client = Client::new(&target.url, target.ca.as_deref())?;
@@ -281,8 +285,10 @@ impl SimFleet {
         // 3. Follow it.
         let begin = Instant::now();
         let mut last = String::new();
+        // Each look counts the rollout's hosts: a big fleet's rollout is looked at less often.
+        let every = (self.interval / 20).clamp(Duration::from_millis(250), Duration::from_secs(2));
         let view = loop {
-            std::thread::sleep(Duration::from_millis(250));
+            std::thread::sleep(every);
             let view = match self.admin.rollout(&started.id) {
                 Ok(v) => v,
                 Err(e) if e.is_transient() => continue,
@@ -452,7 +458,6 @@ impl Worker<'_> {
             }
         };
         let now_ms = now_ms();
-        let mut outcomes = Vec::new();
         let mut patching = false;
         let under_test = |level: Option<u32>| run.level > 0 && level == Some(run.level);
         if let Some(level) = wanted.filter(|l| *l != host.level) {
@@ -465,7 +470,7 @@ impl Worker<'_> {
                 host.crashed = troubled && self.rng.gen_bool(run.crash_rate);
                 host.stuck = troubled && self.rng.gen_bool(run.stuck_rate);
             }
-            outcomes.push(Outcome {
+            host.pending.push(Outcome {
                 id: format!("sim-{now_ms}-{}", self.rng.gen::<u32>()),
                 level,
                 result: if failed {
@@ -483,7 +488,11 @@ impl Worker<'_> {
                 // It hangs right after the apply: nothing more is heard from it.
                 return Ok(());
             }
-        } else if !host.crashed && !host.asked && !self.rng.gen_bool(run.report_share) {
+        } else if host.pending.is_empty()
+            && !host.crashed
+            && !host.asked
+            && !self.rng.gen_bool(run.report_share)
+        {
             // As a real agent: silent unless it has something to say or the server asked
             // for its health; `report_share` stands for the reports of changes and the
             // hourly ones.
@@ -503,19 +512,21 @@ impl Worker<'_> {
                 taint: 0,
                 kernel_errors: 0,
             },
-            outcomes,
+            outcomes: host.pending.clone(),
             health: Some(HealthSample {
                 at_ms: now_ms,
                 interval_ms: millis(interval),
                 level: host.level,
                 patching,
-                unclean_reboot: std::mem::take(&mut host.crashed),
+                unclean_reboot: host.crashed,
                 metrics,
             }),
         };
         self.client
             .report_as(Some(&host.credential), &report)
             .map_err(|e| e.to_string())?;
+        host.pending.clear();
+        host.crashed = false;
         self.reports.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

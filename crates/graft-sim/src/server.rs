@@ -22,6 +22,7 @@ impl OwnServer {
         dir: &Path,
         database: Option<&str>,
         rollout_tick_ms: Option<u64>,
+        gate_hosts: Option<u64>,
     ) -> Result<Self, SimError> {
         let data = dir.join("server");
         let init = Command::new(graft)
@@ -52,6 +53,9 @@ impl OwnServer {
         }
         if let Some(ms) = rollout_tick_ms {
             command.args(["--rollout-tick-ms", &ms.to_string()]);
+        }
+        if let Some(n) = gate_hosts {
+            command.args(["--gate-hosts", &n.to_string()]);
         }
         let mut child = command
             .spawn()

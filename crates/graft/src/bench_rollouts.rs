@@ -52,8 +52,13 @@ pub fn run(args: &BenchRolloutsArgs) -> anyhow::Result<ExitCode> {
     }
     let scratch = tempfile::tempdir().context("making a directory for the server")?;
     let exe = std::env::current_exe().context("finding the graft binary")?;
-    let own =
-        graft_sim::OwnServer::start(&exe, scratch.path(), args.database.as_deref(), Some(250))?;
+    let own = graft_sim::OwnServer::start(
+        &exe,
+        scratch.path(),
+        args.database.as_deref(),
+        Some(250),
+        Some(args.gate_hosts),
+    )?;
     let target = own.target().clone();
     let quiet = |_: &str| {};
     let config = graft_sim::SimConfig {

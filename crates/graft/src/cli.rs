@@ -320,8 +320,11 @@ pub struct BenchRolloutsArgs {
     pub regression: String,
     /// Share of the hosts the server did not ask for health that report each interval
     /// (the sampled ones always do).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.0)]
     pub report_share: f64,
+    /// Hosts per side the server's gates read and ask for health (`server run --gate-hosts`).
+    #[arg(long, default_value_t = 200)]
+    pub gate_hosts: u64,
     /// Worker threads of the simulator.
     #[arg(long, default_value_t = 8)]
     pub workers: usize,

@@ -38,6 +38,7 @@ use graft_lab::{GuestFile, HostBridge, Lab, LabKernel, RunSpec};
 use graft_protocol::api::{Assign, HostFilter, HostView, NewToken};
 
 use crate::cli::DemoFleetArgs;
+use crate::fleet_cmd::LevelOptions;
 use crate::kernel_cmd::{ensure_kernel, target_and_cache};
 
 const FIX_1: &str = include_str!("../../../tests/cases/proc-pid-limits-header/fix.patch");
@@ -176,7 +177,8 @@ pub fn run(args: &DemoFleetArgs) -> anyhow::Result<ExitCode> {
 
     out.say("== 3. publish level 1, signed by the publisher; assign it to the stream");
     let publisher = signing_key(&data.join("publisher.key"))?;
-    let view = crate::fleet_cmd::publish_level(&admin, &levels[0], &publisher, None, 30, false)?;
+    let view =
+        crate::fleet_cmd::publish_level(&admin, &levels[0], &publisher, &LevelOptions::default())?;
     out.say(format!(
         "   published {} as level {} (version {})",
         view.module_name, view.level, view.version
@@ -187,7 +189,7 @@ pub fn run(args: &DemoFleetArgs) -> anyhow::Result<ExitCode> {
 
     out.say("== 4. a bad signature");
     let attacker = graft_protocol::trust::generate_key();
-    match crate::fleet_cmd::publish_level(&admin, &levels[1], &attacker, None, 30, false) {
+    match crate::fleet_cmd::publish_level(&admin, &levels[1], &attacker, &LevelOptions::default()) {
         Ok(v) => bail!(
             "the server accepted level {} signed by a foreign key",
             v.level
@@ -202,7 +204,8 @@ pub fn run(args: &DemoFleetArgs) -> anyhow::Result<ExitCode> {
     compromise(&data, &attacker)?;
     server = ServerProcess::start(&exe, &data, &server.addr.to_string())?;
     summary.server_starts += 1;
-    let view = crate::fleet_cmd::publish_level(&admin, &levels[1], &attacker, None, 30, false)?;
+    let view =
+        crate::fleet_cmd::publish_level(&admin, &levels[1], &attacker, &LevelOptions::default())?;
     out.say(format!(
         "   the compromised server takes {} as level {} and serves it",
         view.module_name, view.level
@@ -225,7 +228,8 @@ pub fn run(args: &DemoFleetArgs) -> anyhow::Result<ExitCode> {
     );
 
     out.say("== 5. the cumulative level; the server is killed while a host applies it");
-    let view = crate::fleet_cmd::publish_level(&admin, &levels[2], &publisher, None, 30, false)?;
+    let view =
+        crate::fleet_cmd::publish_level(&admin, &levels[2], &publisher, &LevelOptions::default())?;
     let last = view.level;
     out.say(format!(
         "   published {} as level {last} (carries both fixes)",
@@ -248,7 +252,8 @@ pub fn run(args: &DemoFleetArgs) -> anyhow::Result<ExitCode> {
     out.say(format!("   every host is on level {last}"));
 
     out.say("== 6. a staged rollout of a clean level: one host, then every host, each wave baked and gated");
-    let view = crate::fleet_cmd::publish_level(&admin, &levels[3], &publisher, None, 30, false)?;
+    let view =
+        crate::fleet_cmd::publish_level(&admin, &levels[3], &publisher, &LevelOptions::default())?;
     let clean_level = view.level;
     out.say(format!(
         "   published {} as level {clean_level} (the fixes so far and a third)",
@@ -272,7 +277,8 @@ pub fn run(args: &DemoFleetArgs) -> anyhow::Result<ExitCode> {
     out.say(
         "== 7. a staged rollout of a level that logs a kernel warning when /proc/cmdline is read",
     );
-    let view = crate::fleet_cmd::publish_level(&admin, &levels[4], &publisher, None, 30, false)?;
+    let view =
+        crate::fleet_cmd::publish_level(&admin, &levels[4], &publisher, &LevelOptions::default())?;
     let warning_level = view.level;
     out.say(format!(
         "   published {} as level {warning_level} (the guests read /proc/cmdline every second)",

@@ -91,6 +91,12 @@ pub enum FleetCommand {
         /// Allow a level that drops a patch of the level before it.
         #[arg(long)]
         allow_dropped_patches: bool,
+        /// A health probe (repeatable): NAME=COMMAND, a shell command printing one number,
+        /// higher being worse. The hosts a rollout of this level samples run it at every
+        /// check-in, reported and gated as `probe:NAME`. Signed with the level: agents run
+        /// only what the publisher signed.
+        #[arg(long = "probe", value_name = "NAME=COMMAND")]
+        probes: Vec<String>,
     },
     /// Assign a level of a stream to its hosts (all, or those with a label).
     Assign {
@@ -207,6 +213,10 @@ pub enum FleetCommand {
         /// With --rollout: give up after this long.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, requires = "rollout")]
         rollout_timeout: Duration,
+        /// With --rollout and the simulation's own server: hosts per side its gates read and
+        /// ask for health (`server run --gate-hosts`; default 1000).
+        #[arg(long, requires = "rollout")]
+        gate_hosts: Option<u64>,
     },
 }
 
@@ -359,14 +369,18 @@ pub fn run(args: &FleetArgs) -> anyhow::Result<ExitCode> {
             level,
             expires_days,
             allow_dropped_patches,
+            probes,
         } => publish(
             &client,
             args.json,
             module,
             signing_key,
-            *level,
-            *expires_days,
-            *allow_dropped_patches,
+            &LevelOptions {
+                level: *level,
+                expires_days: *expires_days,
+                allow_dropped_patches: *allow_dropped_patches,
+                probes: parse_probes(probes)?,
+            },
         ),
         FleetCommand::Assign {
             stream,
@@ -469,6 +483,7 @@ fn simulate(args: &FleetArgs) -> anyhow::Result<ExitCode> {
         report_share,
         noise,
         rollout_timeout,
+        gate_hosts,
     } = &args.command
     else {
         anyhow::bail!("not a simulation");
@@ -529,7 +544,13 @@ fn simulate(args: &FleetArgs) -> anyhow::Result<ExitCode> {
             let exe = std::env::current_exe().context("finding the graft binary")?;
             // A rollout's driver ticks often enough for bakes of seconds.
             let tick = rollout.as_ref().map(|_| 250);
-            own = graft_sim::OwnServer::start(&exe, scratch.path(), database.as_deref(), tick)?;
+            own = graft_sim::OwnServer::start(
+                &exe,
+                scratch.path(),
+                database.as_deref(),
+                tick,
+                *gate_hosts,
+            )?;
             own.target().clone()
         }
     };
@@ -590,22 +611,14 @@ fn publish(
     json: bool,
     module: &std::path::Path,
     signing_key: &std::path::Path,
-    level: Option<u32>,
-    expires_days: u64,
-    allow_dropped_patches: bool,
+    options: &LevelOptions,
 ) -> anyhow::Result<ExitCode> {
     let key_text = std::fs::read_to_string(signing_key)
         .with_context(|| format!("reading the signing key {}", signing_key.display()))?;
     let key = graft_protocol::trust::signing_key_from_hex(&key_text)
         .with_context(|| format!("{}", signing_key.display()))?;
-    let view = publish_level(
-        client,
-        module,
-        &key,
-        level,
-        expires_days,
-        allow_dropped_patches,
-    )?;
+    let view = publish_level(client, module, &key, options)?;
+    let expires_days = options.expires_days;
     print(json, &view, || {
         format!(
             "published {} as level {} of {} (version {}, {} patches, expires in {expires_days} days)\n",
@@ -618,16 +631,62 @@ fn publish(
     })
 }
 
-/// Signs `module` as the next level of its stream (or as `level`), with a version above every
-/// earlier one, and publishes it.
+/// How a level is published.
+#[derive(Debug, Clone)]
+pub struct LevelOptions {
+    /// The level (default: the stream's latest plus one).
+    pub level: Option<u32>,
+    /// Days until agents refuse the signed metadata.
+    pub expires_days: u64,
+    /// Allow a level that drops a patch of the level before it.
+    pub allow_dropped_patches: bool,
+    /// Health probes, signed with the level.
+    pub probes: BTreeMap<String, String>,
+}
+
+impl Default for LevelOptions {
+    fn default() -> Self {
+        Self {
+            level: None,
+            expires_days: 30,
+            allow_dropped_patches: false,
+            probes: BTreeMap::new(),
+        }
+    }
+}
+
+/// `NAME=COMMAND` pairs, each name once, within the limits signed metadata allows.
+pub fn parse_probes(args: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut probes = BTreeMap::new();
+    for arg in args {
+        let Some((name, command)) = arg.split_once('=') else {
+            anyhow::bail!("--probe {arg:?}: NAME=COMMAND");
+        };
+        if probes
+            .insert(name.to_string(), command.to_string())
+            .is_some()
+        {
+            anyhow::bail!("--probe {name}: named twice");
+        }
+    }
+    graft_protocol::trust::check_probes(&probes).map_err(|e| anyhow::anyhow!("--probe: {e}"))?;
+    Ok(probes)
+}
+
+/// Signs `module` as the next level of its stream (or as `options.level`), with a version
+/// above every earlier one, and publishes it.
 pub fn publish_level(
     client: &Client,
     module: &std::path::Path,
     key: &ed25519_dalek::SigningKey,
-    level: Option<u32>,
-    expires_days: u64,
-    allow_dropped_patches: bool,
+    options: &LevelOptions,
 ) -> anyhow::Result<graft_protocol::api::LevelView> {
+    let LevelOptions {
+        level,
+        expires_days,
+        allow_dropped_patches,
+        ref probes,
+    } = *options;
     let now = graft_agent::now_ms() / 1000;
     // The next level and a version above every earlier one: what the stream has so far.
     let draft = graft_client::publish::prepare(module, key, 1, now, now, allow_dropped_patches)?;
@@ -646,7 +705,8 @@ pub fn publish_level(
         version,
         expires,
         allow_dropped_patches,
-    )?;
+    )?
+    .with_probes(probes.clone(), key)?;
     Ok(client.publish(&prepared.stream, &prepared.publish)?)
 }
 

@@ -54,6 +54,10 @@ pub enum ServerCommand {
         /// judged. Every replica drives; a rollout's row is changed under a compare-and-set.
         #[arg(long, value_name = "MS", default_value_t = 5000)]
         rollout_tick_ms: u64,
+        /// Most hosts per side (treated, control) whose health a rollout's gates read and
+        /// the server asks to report at every check-in; everyone else reports only changes.
+        #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(5..=1_000_000))]
+        gate_hosts: u64,
     },
 }
 
@@ -94,6 +98,7 @@ pub fn run(command: &ServerCommand) -> anyhow::Result<ExitCode> {
             allow_remote,
             checkin_cache_ms,
             rollout_tick_ms,
+            gate_hosts,
         } => {
             let mut config = graft_server::ServerConfig::new(data.clone(), *listen);
             config.database = database.clone();
@@ -101,6 +106,7 @@ pub fn run(command: &ServerCommand) -> anyhow::Result<ExitCode> {
             config.allow_remote = *allow_remote;
             config.checkin_cache = std::time::Duration::from_millis(*checkin_cache_ms);
             config.rollout_tick = std::time::Duration::from_millis((*rollout_tick_ms).max(50));
+            config.gates.hosts_per_side = *gate_hosts;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;

@@ -77,11 +77,19 @@ async fn look_up(state: &AppState, credential: &Credential) -> Result<Entry, Fai
         }
         None => (None, None),
     };
+    // The rollout's level travels for its probes only when it has some.
+    let probes = match &row.probes {
+        Some((_, json)) => serde_json::from_str::<SignedLevel>(json)
+            .ok()
+            .filter(|s| s.peek().is_ok_and(|l| !l.probes.is_empty())),
+        None => None,
+    };
     let body = serde_json::to_vec(&Desired {
         stream: row.stream.clone(),
         level,
         signed,
         report_health: row.report_health,
+        probes,
     })
     .map_err(|e| Failure::internal(e.to_string()))?;
     Ok(state.checkins.put(
@@ -107,9 +115,10 @@ fn etag(row: &DesiredRow) -> String {
         .map_or(("none".to_string(), "0".to_string()), |(l, v, _)| {
             (l.to_string(), v.to_string())
         });
+    let probes = row.probes.as_ref().map_or(0, |(version, _)| *version);
     let digest = Sha256::digest(
         format!(
-            "{}\n{level}\n{version}\n{}",
+            "{}\n{level}\n{version}\n{}\n{probes}",
             row.stream,
             u8::from(row.report_health)
         )
@@ -195,6 +204,7 @@ mod tests {
             revoked: false,
             level,
             report_health: false,
+            probes: None,
         }
     }
 

@@ -136,6 +136,9 @@ pub(crate) fn check(
         }
     }
     check_string("module name", &level.module_name).map_err(Failure::invalid)?;
+    level
+        .check_probes()
+        .map_err(|e| Failure::invalid(format!("signed metadata: {e}")))?;
     // 2. The kernel: the stream's, or (for a new stream) one whose stream this is.
     let create_stream = match current {
         Some(current) => {
@@ -305,6 +308,7 @@ mod tests {
                 manifest_sha256: String::new(),
                 patches: patches.iter().map(|p| p.to_string()).collect(),
                 expires: NOW + 3600,
+                probes: Default::default(),
             };
             Self {
                 key: generate_key(),

@@ -259,6 +259,89 @@ pub fn crashes_and_failed_transitions_halt_at_once(db: Db<'_>) {
     );
 }
 
+/// The probes the publisher signed with a level travel, with its signed metadata, to the
+/// hosts a rollout of it samples, control hosts included (they run what the treated run);
+/// a level whose probes break the limits is refused, with the reason, and nothing stored.
+pub fn probes_travel_to_sampled_hosts(db: Db<'_>) {
+    let (fleet, server, hosts) = fleet_of(db, 10);
+    let stream = kernel().stream();
+    // Level 2 with a probe; a level with a bad probe name is refused first.
+    let mut bad = LevelParts::new(2, 2, &["a", "b"]);
+    bad.level.probes.insert("Bad Name".into(), "echo 1".into());
+    let refused = server
+        .http
+        .post(
+            &levels_path(&stream),
+            Some(&fleet.admin),
+            &bad.sign(&fleet.publisher),
+        )
+        .error(400, "invalid");
+    assert!(refused.message.contains("probe name"), "{refused:?}");
+    let mut parts = LevelParts::new(2, 2, &["a", "b"]);
+    parts
+        .level
+        .probes
+        .insert("queue_depth".into(), "cat /run/queue-depth".into());
+    server
+        .http
+        .post(
+            &levels_path(&stream),
+            Some(&fleet.admin),
+            &parts.sign(&fleet.publisher),
+        )
+        .status(200);
+    // Before any rollout, nobody is asked and no probes travel.
+    let quiet: Desired = server
+        .http
+        .get("/v1/host/desired", Some(&hosts[0].credential))
+        .json(200);
+    assert!(!quiet.report_health && quiet.probes.is_none(), "{quiet:?}");
+    let mut plan = start("100");
+    plan.level = 2;
+    plan.bake_ms = 60_000;
+    let started: RolloutView = server
+        .http
+        .post("/v1/rollouts", Some(&fleet.admin), &plan)
+        .json(201);
+    // Once the rollout samples them (its first tick), every host, moved or not, gets the
+    // level's signed probes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let desired = loop {
+        let d: Desired = server
+            .http
+            .get("/v1/host/desired", Some(&hosts[0].credential))
+            .json(200);
+        if d.report_health {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "never asked for health: {d:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let signed = desired.probes.expect("the level's probes");
+    let level = signed.peek().unwrap();
+    assert_eq!(level.level, 2);
+    assert_eq!(level.probes["queue_depth"], "cat /run/queue-depth");
+    assert_eq!(
+        signed,
+        parts.sign(&fleet.publisher).signed,
+        "as the publisher signed it"
+    );
+    // Aborted, it asks nobody and sends no probes.
+    server
+        .http
+        .post(
+            &format!("/v1/rollouts/{}/abort", started.id),
+            Some(&fleet.admin),
+            &(),
+        )
+        .status(200);
+    let after: Desired = server
+        .http
+        .get("/v1/host/desired", Some(&hosts[0].credential))
+        .json(200);
+    assert!(!after.report_health && after.probes.is_none(), "{after:?}");
+}
+
 /// Rounds of every host for longer than a bake, before a rollout starts: the baseline the
 /// gates compare each host's window with, as a fleet whose agents report all along has.
 pub fn report_a_baseline(server: &Server, hosts: &mut [Played]) {

@@ -417,6 +417,7 @@ impl LevelParts {
             manifest_sha256: String::new(),
             patches: patches.iter().map(|p| p.to_string()).collect(),
             expires: now_secs() + 86_400,
+            probes: Default::default(),
         };
         Self {
             level,
