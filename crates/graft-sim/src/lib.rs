@@ -123,13 +123,18 @@ pub fn run_rollout(
         seed: sim.seed,
         enroll_per_s,
         server_rss_mib: target.pid.and_then(rss_mib),
-        db_mib: match (&target.database_file, &target.database_url) {
-            (Some(file), _) => Some(db_mib(file)),
-            (None, Some(url)) => postgres_mib(url),
-            (None, None) => None,
-        },
+        db_mib: target_db_mib(target),
         rollout: outcome,
     })
+}
+
+/// The size of the target's database: its SQLite file, or its PostgreSQL database.
+fn target_db_mib(target: &Target) -> Option<f64> {
+    match (&target.database_file, &target.database_url) {
+        (Some(file), _) => Some(db_mib(file)),
+        (None, Some(url)) => postgres_mib(url),
+        (None, None) => None,
+    }
 }
 
 /// The probabilities of a run's trouble, checked.
@@ -317,11 +322,7 @@ pub fn run(
         errors,
         enroll_per_s: config.hosts as f64 / enroll_secs.max(1e-9),
         server_rss_mib: target.pid.and_then(rss_mib),
-        db_mib: match (&target.database_file, &target.database_url) {
-            (Some(file), _) => Some(db_mib(file)),
-            (None, Some(url)) => postgres_mib(url),
-            (None, None) => None,
-        },
+        db_mib: target_db_mib(target),
         database: target.database.clone(),
         workers: config.workers,
         kept_up: checkins_per_s >= 0.95 * target_per_s,

@@ -15,8 +15,9 @@
 //!    and refused by every agent, and nothing is loaded;
 //! 5. publish and assign the cumulative level, kill the server (SIGKILL) while a host applies
 //!    it, start it again: every host ends on it, each loaded it once, no report is lost;
-//! 6. a staged rollout of a clean level (one host, then all, each wave baked and gated): it
-//!    completes on every host;
+//! 6. a staged rollout of a clean level (one host, then all, each wave baked and gated), with
+//!    a health probe the publisher signed: it completes on every host, and the probe's values
+//!    reach the gates;
 //! 7. a staged rollout of a level whose patched function logs a kernel warning when called
 //!    (a fixture: the guests read `/proc/cmdline` every second): the first wave's host warns,
 //!    the server halts the rollout before its second wave and says why; the operator rolls it
@@ -46,6 +47,9 @@ const FIX_2: &str = include_str!("../../../tests/cases/proc-comm-write-strip-new
 const FIX_3: &str = include_str!("../../../tests/host/patches/version-a.patch");
 /// Not a fix: a level that logs a kernel warning whenever `/proc/cmdline` is read.
 const WARNS: &str = include_str!("../../../tests/fleet/cmdline-warns.patch");
+/// The probe the clean level carries.
+const DEMO_PROBE: &str = "load1";
+
 /// How long each wave of the demo's rollouts bakes: long enough for the canary to read
 /// `/proc/cmdline` and report what its kernel logged (a check-in every two seconds).
 const BAKE: Duration = Duration::from_secs(12);
@@ -100,6 +104,8 @@ pub struct RolloutSummary {
     pub reason: Option<String>,
     /// The gates that failed, each `gate: hosts`.
     pub halted_by: Vec<String>,
+    /// Every metric the gates' decisions name (tested, or noted as too few hosts).
+    pub metrics_seen: Vec<String>,
 }
 
 /// One host's story.
@@ -252,11 +258,18 @@ pub fn run(args: &DemoFleetArgs) -> anyhow::Result<ExitCode> {
     out.say(format!("   every host is on level {last}"));
 
     out.say("== 6. a staged rollout of a clean level: one host, then every host, each wave baked and gated");
-    let view =
-        crate::fleet_cmd::publish_level(&admin, &levels[3], &publisher, &LevelOptions::default())?;
+    // With a probe the publisher signs: the sampled guests run it at every check-in.
+    let probed = LevelOptions {
+        probes: BTreeMap::from([(
+            DEMO_PROBE.to_string(),
+            "cut -d' ' -f1 /proc/loadavg".to_string(),
+        )]),
+        ..LevelOptions::default()
+    };
+    let view = crate::fleet_cmd::publish_level(&admin, &levels[3], &publisher, &probed)?;
     let clean_level = view.level;
     out.say(format!(
-        "   published {} as level {clean_level} (the fixes so far and a third)",
+        "   published {} as level {clean_level} (the fixes so far and a third), with a signed probe {DEMO_PROBE} (the 1-minute load average)",
         view.module_name
     ));
     summary.clean_rollout = roll_out(&fleet, &out, &admin, &stream, clean_level)?;
@@ -272,6 +285,16 @@ pub fn run(args: &DemoFleetArgs) -> anyhow::Result<ExitCode> {
     })?;
     out.say(format!(
         "   completed: every host is on level {clean_level}"
+    ));
+    let probe_metric = format!("probe:{DEMO_PROBE}");
+    if !summary.clean_rollout.metrics_seen.contains(&probe_metric) {
+        bail!(
+            "the guests never reported the signed probe {probe_metric}: the gates saw {:?}",
+            summary.clean_rollout.metrics_seen
+        );
+    }
+    out.say(format!(
+        "   the guests ran the signed probe and its values reached the gates as {probe_metric}"
     ));
 
     out.say(
@@ -500,6 +523,12 @@ fn roll_out(
         .flat_map(|d| &d.reasons)
         .map(|r| format!("{}: {}", r.gate, r.hosts.join(", ")))
         .collect();
+    let metrics_seen: std::collections::BTreeSet<String> = view
+        .decisions
+        .iter()
+        .flat_map(|d| d.reasons.iter().chain(&d.notes))
+        .filter_map(|f| f.metric.clone())
+        .collect();
     Ok(RolloutSummary {
         id: view.id,
         level,
@@ -509,6 +538,7 @@ fn roll_out(
         treated: view.treated,
         reason: view.reason,
         halted_by,
+        metrics_seen: metrics_seen.into_iter().collect(),
     })
 }
 

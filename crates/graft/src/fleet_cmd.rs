@@ -542,8 +542,12 @@ fn simulate(args: &FleetArgs) -> anyhow::Result<ExitCode> {
         },
         None => {
             let exe = std::env::current_exe().context("finding the graft binary")?;
-            // A rollout's driver ticks often enough for bakes of seconds.
-            let tick = rollout.as_ref().map(|_| 250);
+            // A rollout's driver ticks often enough for bakes of seconds, and no more often
+            // than the hosts can have moved on (each tick counts the moved hosts).
+            let tick = rollout.as_ref().map(|_| {
+                let twelfth = config.interval.as_millis() / 12;
+                u64::try_from(twelfth).unwrap_or(u64::MAX).clamp(250, 5000)
+            });
             own = graft_sim::OwnServer::start(
                 &exe,
                 scratch.path(),
@@ -787,7 +791,7 @@ fn level_text(level: Option<u32>) -> String {
     level.map_or("-".to_string(), |l| l.to_string())
 }
 
-fn print<T: serde::Serialize>(
+pub(crate) fn print<T: serde::Serialize>(
     json: bool,
     value: &T,
     text: impl FnOnce() -> String,

@@ -10,6 +10,8 @@ use graft_client::Client;
 use graft_protocol::rollout::{Rollback, RolloutState, RolloutView, StartRollout};
 use graft_protocol::trust::SignedLevel;
 
+use crate::fleet_cmd::print;
+
 /// Rollout commands.
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
@@ -327,17 +329,4 @@ fn describe(v: &RolloutView) -> String {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn print<T: serde::Serialize>(
-    json: bool,
-    value: &T,
-    text: impl FnOnce() -> String,
-) -> anyhow::Result<ExitCode> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(value)?);
-    } else {
-        print!("{}", text());
-    }
-    Ok(ExitCode::SUCCESS)
 }

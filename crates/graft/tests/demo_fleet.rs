@@ -46,6 +46,13 @@ fn the_fleet_demo_applies_signed_levels_once_refuses_a_forged_one_survives_a_ser
         ),
         "{summary}"
     );
+    // Its signed probe ran on the guests and reached the gates.
+    assert!(
+        clean["metrics_seen"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m == "probe:load1")),
+        "{summary}"
+    );
     let warning = &summary["warning_rollout"];
     assert_eq!(
         (&warning["state"], &warning["wave"], &warning["treated"]),

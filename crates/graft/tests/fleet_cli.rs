@@ -414,3 +414,47 @@ fn the_rollout_benchmark_refuses_bad_plans_and_trouble() {
         assert!(err.contains(needle), "{needle:?} not in {err}");
     }
 }
+
+#[test]
+fn publishing_refuses_bad_probes_before_anything_is_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("fix.ko");
+    let key = dir.path().join("publisher.key");
+    for (probe, needle) in [
+        ("no-equals-sign", "NAME=COMMAND"),
+        ("Load=cat /proc/loadavg", "probe name \"Load\""),
+        ("load=", "a command of"),
+    ] {
+        // An address nothing listens on: the probe is refused before any request.
+        let output = run(graft()
+            .args([
+                "fleet",
+                "--server",
+                "http://127.0.0.1:9",
+                "--token",
+                "t",
+                "publish",
+            ])
+            .arg(&module)
+            .arg("--signing-key")
+            .arg(&key)
+            .args(["--probe", probe]));
+        assert!(!output.status.success(), "{probe}");
+        let err = text(&output.stderr);
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+    }
+    let twice = run(graft()
+        .args([
+            "fleet",
+            "--server",
+            "http://127.0.0.1:9",
+            "--token",
+            "t",
+            "publish",
+        ])
+        .arg(&module)
+        .arg("--signing-key")
+        .arg(&key)
+        .args(["--probe", "a=echo 1", "--probe", "a=echo 2"]));
+    assert!(text(&twice.stderr).contains("--probe a: named twice"));
+}
