@@ -29,6 +29,7 @@ mod init;
 mod lastseen;
 mod metrics;
 mod openapi;
+mod reports;
 mod rollouts;
 mod routes;
 mod store;
@@ -126,6 +127,8 @@ pub(crate) struct Shared {
     pub store: Store,
     pub last_seen: Arc<LastSeen>,
     pub checkins: checkins::CheckinCache,
+    /// The writer that group-commits hosts' reports.
+    pub reports: reports::Reports,
     pub counters: metrics::Counters,
     /// Served over TLS (the dashboard's cookie is then `Secure`).
     pub tls: bool,
@@ -261,6 +264,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         store: store.clone(),
         last_seen: last_seen.clone(),
         checkins: checkins::CheckinCache::new(config.checkin_cache),
+        reports: reports::Reports::start(store.clone()),
         counters: metrics::Counters::default(),
         tls: !config.insecure_http,
     }));

@@ -27,6 +27,8 @@ pub(crate) struct Counters {
     pub checkins_changed: AtomicU64,
     /// Check-ins answered 304.
     pub checkins_unchanged: AtomicU64,
+    /// Check-ins whose answer was read from the database (not kept in memory).
+    pub checkin_lookups: AtomicU64,
     /// Reports stored.
     pub reports: AtomicU64,
 }
@@ -61,6 +63,17 @@ pub(crate) async fn metrics(
         out,
         "graft_checkins_total{{answer=\"not_modified\"}} {}",
         c.checkins_unchanged.load(Ordering::Relaxed)
+    );
+    family(
+        &mut out,
+        "graft_checkin_lookups_total",
+        "counter",
+        "Check-ins this replica answered from the database, not from memory (a host's first, or one whose answer changed).",
+    );
+    let _ = writeln!(
+        out,
+        "graft_checkin_lookups_total {}",
+        c.checkin_lookups.load(Ordering::Relaxed)
     );
     family(
         &mut out,

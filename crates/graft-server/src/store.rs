@@ -72,10 +72,24 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "rollout indexes",
         include_str!("../migrations/0004_rollout_indexes.sql"),
     ),
+    (
+        5,
+        "answer changes",
+        include_str!("../migrations/0005_answer_changes.sql"),
+    ),
 ];
 
-/// Bumps the generation (see [`crate::checkins`]).
-const BUMP: &str = "UPDATE generation SET value = value + 1 WHERE id = 1";
+/// Bumps the generation for a write that may change any host's answer: replicas empty their
+/// check-in caches (see [`crate::checkins`]). The right-hand sides read the old row.
+const BUMP: &str = "UPDATE generation SET value = value + 1, flushed = value + 1 WHERE id = 1";
+
+/// Bumps the generation for a write that changes only some hosts' answers; the same
+/// transaction stamps those hosts with [`STAMP`], and replicas forget only them.
+const BUMP_HOSTS: &str = "UPDATE generation SET value = value + 1 WHERE id = 1";
+
+/// The assignment that stamps a host row with the generation [`BUMP_HOSTS`] made (run after it,
+/// in the same transaction).
+const STAMP: &str = "answer_gen = (SELECT value FROM generation WHERE id = 1)";
 
 /// How long a request waits for a database connection before it answers 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -120,6 +134,14 @@ pub(crate) struct DesiredRow {
     /// With `report_health`: the version and signed JSON of the level that rollout moves
     /// hosts to (its probes).
     pub probes: Option<(u64, String)>,
+}
+
+/// The generation counter's row (see [`crate::checkins`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Generation {
+    pub value: i64,
+    /// The last generation at which any host's answer may have changed.
+    pub flushed: i64,
 }
 
 /// A host as the report handler needs it.
@@ -404,12 +426,27 @@ impl Store {
         Ok(desired)
     }
 
-    /// The generation of what check-ins answer (see [`crate::checkins`]).
-    pub async fn generation(&self) -> Result<i64, sqlx::Error> {
-        let row = sqlx::query("SELECT value FROM generation WHERE id = 1")
+    /// The generation of what check-ins answer, and the last one at which any answer may have
+    /// changed (see [`crate::checkins`]).
+    pub async fn generation(&self) -> Result<Generation, sqlx::Error> {
+        let row = sqlx::query("SELECT value, flushed FROM generation WHERE id = 1")
             .fetch_one(&self.pool)
             .await?;
-        row.try_get("value")
+        Ok(Generation {
+            value: row.try_get("value")?,
+            flushed: row.try_get("flushed")?,
+        })
+    }
+
+    /// The credentials (hashed) of the hosts whose answers changed after generation `since`.
+    pub async fn changed_answers(&self, since: i64) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query("SELECT credential_hash FROM hosts WHERE answer_gen > $1")
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get("credential_hash"))
+            .collect()
     }
 
     /// The desired state of the host holding a credential: one query on the credential's
@@ -500,15 +537,23 @@ impl Store {
         .transpose()
     }
 
-    /// Stores a report in one transaction: the inventory, a move to another stream if the
-    /// host booted another kernel, and each outcome once (a resent report adds nothing).
-    pub async fn report(
-        &self,
+    /// Stores reports in one transaction (see [`crate::reports`]).
+    pub async fn reports(&self, batch: &[(&HostRow, &Report, u64)]) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        for &(host, report, now_ms) in batch {
+            Self::report(&mut tx, host, report, now_ms).await?;
+        }
+        tx.commit().await
+    }
+
+    /// Stores one report: the inventory, a move to another stream if the host booted another
+    /// kernel, and each outcome once (a resent report adds nothing).
+    async fn report(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         host: &HostRow,
         report: &Report,
         now_ms: u64,
     ) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
         let new_stream = report.kernel.stream();
         if report.kernel != host.kernel {
             sqlx::query("INSERT INTO streams (stream, kernel_release, build_id, created_ms) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
@@ -516,24 +561,24 @@ impl Store {
                 .bind(&report.kernel.release)
                 .bind(&report.kernel.build_id)
                 .bind(ms(now_ms))
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
             // A level is for one kernel build: on another stream the host starts from that
             // stream's default, never from a level number that means something else there.
             let moved = new_stream != host.stream;
-            sqlx::query(
+            sqlx::query(BUMP_HOSTS).execute(&mut **tx).await?;
+            sqlx::query(&format!(
                 "UPDATE hosts SET kernel_release = $1, build_id = $2, stream = $3, \
-                 desired = CASE WHEN $4 = 1 THEN (SELECT default_level FROM streams WHERE stream = $3) ELSE desired END \
-                 WHERE id = $5",
-            )
+                 desired = CASE WHEN $4 = 1 THEN (SELECT default_level FROM streams WHERE stream = $3) ELSE desired END, \
+                 {STAMP} WHERE id = $5"
+            ))
             .bind(&report.kernel.release)
             .bind(&report.kernel.build_id)
             .bind(&new_stream)
             .bind(i64::from(moved))
             .bind(&host.id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
-            sqlx::query(BUMP).execute(&mut *tx).await?;
         }
         let inv = &report.inventory;
         let last_outcome = report
@@ -553,7 +598,7 @@ impl Store {
         .bind(last_outcome)
         .bind(ms(now_ms))
         .bind(&host.id)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         for o in &report.outcomes {
             sqlx::query(
@@ -567,13 +612,13 @@ impl Store {
             .bind(serde_json::to_string(o).unwrap_or_else(|_| "{}".into()))
             .bind(ms(o.at_ms))
             .bind(ms(now_ms))
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
         if let Some(h) = &report.health {
-            Self::insert_health(&mut tx, &host.id, h).await?;
+            Self::insert_health(tx, &host.id, h).await?;
         }
-        tx.commit().await
+        Ok(())
     }
 
     /// Hosts matching a filter, by name. `label` is `(name, value)`, already parsed.
@@ -665,13 +710,14 @@ impl Store {
     /// Revokes a host's credential; `false` if there is no such host.
     pub async fn revoke(&self, id: &str, now_ms: u64) -> Result<bool, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let done =
-            sqlx::query("UPDATE hosts SET revoked_ms = COALESCE(revoked_ms, $1) WHERE id = $2")
-                .bind(ms(now_ms))
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        sqlx::query(BUMP).execute(&mut *tx).await?;
+        sqlx::query(BUMP_HOSTS).execute(&mut *tx).await?;
+        let done = sqlx::query(&format!(
+            "UPDATE hosts SET revoked_ms = COALESCE(revoked_ms, $1), {STAMP} WHERE id = $2"
+        ))
+        .bind(ms(now_ms))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(done.rows_affected() > 0)
     }

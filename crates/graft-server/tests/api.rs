@@ -913,6 +913,7 @@ fn postgres() {
         bad_rollouts_are_refused,
         the_dashboard_shows_a_halted_rollout,
         replicas_share_one_database,
+        a_revocation_on_one_replica_forgets_only_that_host_on_the_other,
     );
     // Last: it stops the cluster.
     database_outage_answers_503(&cluster);
@@ -1022,6 +1023,68 @@ fn replicas_share_one_database(db: Db<'_>) {
     let mut statuses = [ra, rb];
     statuses.sort();
     assert_eq!(statuses, [200, 409]);
+}
+
+/// A write that changes one host's answer (here a revocation on replica B) makes replica A
+/// forget that host's answer within its cache's bound, and only that one: the other hosts are
+/// still answered from memory (a rollout's wave costs the moved hosts' lookups, not the
+/// fleet's).
+fn a_revocation_on_one_replica_forgets_only_that_host_on_the_other(db: Db<'_>) {
+    let fleet = Fleet::new(db);
+    let a = fleet.start();
+    let b = fleet.start();
+    let enroll = b.http.token(&fleet.admin, "bootstrap", "enroll");
+    let operator = b.http.token(&fleet.admin, "ops", "operator");
+    let hosts: Vec<_> = ["web1", "web2", "web3"]
+        .iter()
+        .map(|name| b.http.enroll(&enroll, name, &[], &kernel()))
+        .collect();
+    for host in &hosts {
+        a.http
+            .get("/v1/host/desired", Some(&host.credential))
+            .status(200);
+    }
+    let lookups = || -> u64 {
+        let text = String::from_utf8(a.http.get("/metrics", Some(&operator)).body).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("graft_checkin_lookups_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("graft_checkin_lookups_total in /metrics")
+    };
+    let before = lookups();
+    assert!(before >= 3, "A looked up each host once: {before}");
+
+    let revoke = format!("/v1/hosts/{}/revoke", hosts[0].host_id);
+    b.http
+        .request("POST", &revoke, Some(&fleet.admin), None, &[])
+        .unwrap()
+        .status(200);
+    let bound = ServerConfig::new("unused", "127.0.0.1:0".parse().unwrap()).checkin_cache;
+    let deadline = std::time::Instant::now() + bound * 3;
+    loop {
+        let answer = a.http.get("/v1/host/desired", Some(&hosts[0].credential));
+        if answer.status == 401 {
+            break;
+        }
+        assert_eq!(answer.status, 200);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica A still serves a host revoked on B after {:?}",
+            bound * 3
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let after_revocation = lookups();
+    for host in &hosts[1..] {
+        a.http
+            .get("/v1/host/desired", Some(&host.credential))
+            .status(200);
+    }
+    assert_eq!(
+        lookups(),
+        after_revocation,
+        "the hosts the revocation did not touch were looked up again"
+    );
 }
 
 /// The database goes away: 503 `unavailable`, not a hang or a 500; it comes back: 200.

@@ -56,6 +56,7 @@ pub(crate) async fn desired(
 /// The host holding `credential` and its answer, from the database: one query on the
 /// credential's unique index joined to the level's primary key; then kept in the cache.
 async fn look_up(state: &AppState, credential: &Credential) -> Result<Entry, Failure> {
+    crate::metrics::Counters::add(&state.counters.checkin_lookups);
     let epoch = state.checkins.epoch();
     let Some(row) = state.store.desired(&credential.0).await? else {
         // Not a host: find out which answer fits (unknown, or a token of another kind).
@@ -151,9 +152,10 @@ pub(crate) async fn report(
         .host(&host.id)
         .await?
         .ok_or_else(|| Failure::unauthorized(format!("host {} is unknown", host.id)))?;
-    state.store.report(&row, &report, crate::now_ms()).await?;
+    let moved = report.kernel != row.kernel;
+    state.reports.store(row, report, crate::now_ms()).await?;
     crate::metrics::Counters::add(&state.counters.reports);
-    if report.kernel != row.kernel {
+    if moved {
         // The host moved to another stream: its answer changed.
         state.checkins.invalidate();
     }

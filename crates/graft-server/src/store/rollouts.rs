@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{int, json_column, ms, opt_int, Store, BUMP};
+use super::{int, json_column, ms, opt_int, Store, BUMP, BUMP_HOSTS, STAMP};
 
 /// Most rows one insert statement carries.
 const INSERT_CHUNK: usize = 400;
@@ -355,7 +355,14 @@ impl Store {
         if saved.rows_affected() == 0 {
             return Ok(false);
         }
-        let mut changed = false;
+        // Which check-in answers change: a re-signed level may be anyone's; otherwise only the
+        // hosts moved, sent back, or asked (or no longer asked) for health, stamped below.
+        let resigns = back.as_ref().is_some_and(|b| b.resigned.is_some());
+        if resigns {
+            sqlx::query(BUMP).execute(&mut *tx).await?;
+        } else if moves > 0 || back.is_some() || !sample.is_empty() || row.state.is_final() {
+            sqlx::query(BUMP_HOSTS).execute(&mut *tx).await?;
+        }
         if moves > 0 {
             let next = "SELECT host_id FROM rollout_hosts WHERE rollout_id = $1 AND wave IS NULL \
                         ORDER BY ord LIMIT $2";
@@ -380,10 +387,7 @@ impl Store {
                     query = query.bind(id.as_str());
                 }
                 query.execute(&mut *tx).await?;
-                let sql = format!(
-                    "UPDATE hosts SET desired = $1 WHERE revoked_ms IS NULL AND stream = $2 AND id IN ({})",
-                    placeholders(3, chunk.len())
-                );
+                let sql = move_hosts_sql(chunk.len());
                 let mut query = sqlx::query(&sql)
                     .bind(i64::from(row.level))
                     .bind(&row.stream);
@@ -392,7 +396,6 @@ impl Store {
                 }
                 query.execute(&mut *tx).await?;
             }
-            changed = true;
         }
         if let Some(back) = back {
             // Each moved host back to what it was assigned before; the resigned metadata, if
@@ -412,18 +415,16 @@ impl Store {
                 Some(_) => " AND wave = $3",
                 None => " AND wave IS NOT NULL AND $3 = $3",
             };
-            sqlx::query(&format!(
-                "UPDATE hosts SET desired = (SELECT rh.previous FROM rollout_hosts rh \
-                 WHERE rh.rollout_id = $1 AND rh.host_id = hosts.id) \
-                 WHERE stream = $2 AND id IN (SELECT host_id FROM rollout_hosts \
-                 WHERE rollout_id = $1{wave_clause})"
-            ))
-            .bind(&row.id)
-            .bind(&row.stream)
-            .bind(i64::from(back.wave.unwrap_or(0)))
-            .execute(&mut *tx)
-            .await?;
-            changed = true;
+            sqlx::query(&send_back_sql(wave_clause))
+                .bind(&row.id)
+                .bind(&row.stream)
+                .bind(i64::from(back.wave.unwrap_or(0)))
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !sample.is_empty() || row.state.is_final() {
+            // The hosts asked for health until now see a new answer.
+            Self::stamp_sampled(&mut tx, &row.id).await?;
         }
         if !sample.is_empty() {
             // The hosts whose health the gates will read, by their rank in the rollout's
@@ -445,14 +446,25 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            changed = true;
-        }
-        // A rollout that ends stops asking its sampled hosts for health.
-        if changed || row.state.is_final() {
-            sqlx::query(BUMP).execute(&mut *tx).await?;
+            Self::stamp_sampled(&mut tx, &row.id).await?;
         }
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Stamps the hosts a rollout asks for health as changed (see [`STAMP`]).
+    async fn stamp_sampled(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        rollout: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(&format!(
+            "UPDATE hosts SET {STAMP} WHERE id IN \
+             (SELECT host_id FROM rollout_hosts WHERE rollout_id = $1 AND sampled = 1)"
+        ))
+        .bind(rollout)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 
     /// The levels the moved hosts were assigned before the rollout, each once.
@@ -808,6 +820,30 @@ fn rollout_row(r: &AnyRow) -> Result<RolloutRow, sqlx::Error> {
 }
 
 /// The place of a host in a rollout's order.
+/// Moves the hosts `$3...` (`n` of them) to level `$1` if they are still on stream `$2`, and
+/// stamps them (see [`STAMP`]). The stream is compared as an expression on purpose: SQLite,
+/// without statistics, would rather read the stream's index (which every host of the stream
+/// matches) than the primary key, and each chunk of a wave would scan the whole stream; a
+/// million-host stream's 250,000-host wave took minutes, holding the write lock.
+fn move_hosts_sql(n: usize) -> String {
+    format!(
+        "UPDATE hosts SET desired = $1, {STAMP} WHERE revoked_ms IS NULL AND stream || '' = $2 \
+         AND id IN ({})",
+        placeholders(3, n)
+    )
+}
+
+/// Sends a rollout's (`$1`) moved hosts on stream `$2` back to their previous levels, those of
+/// one wave with `wave_clause`; by primary key, as [`move_hosts_sql`] says why.
+fn send_back_sql(wave_clause: &str) -> String {
+    format!(
+        "UPDATE hosts SET desired = (SELECT rh.previous FROM rollout_hosts rh \
+         WHERE rh.rollout_id = $1 AND rh.host_id = hosts.id), {STAMP} \
+         WHERE stream || '' = $2 AND id IN (SELECT host_id FROM rollout_hosts \
+         WHERE rollout_id = $1{wave_clause})"
+    )
+}
+
 fn order_key(rollout: &str, host: &str) -> String {
     let digest = Sha256::digest(format!("{rollout}\n{host}").as_bytes());
     hex::encode(&digest[..8])
@@ -832,6 +868,51 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Backend;
+
+    /// SQLite's plan for `sql` (its `detail` lines), on the real schema, binding `args` text
+    /// values.
+    fn sqlite_plan(sql: &str, args: usize) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("plan.db").display());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let store = Store::connect(&url, Backend::Sqlite).await.unwrap();
+            store.migrate().await.unwrap();
+            let explain = format!("EXPLAIN QUERY PLAN {sql}");
+            let mut query = sqlx::query(&explain);
+            for i in 0..args {
+                query = query.bind(format!("v{i}"));
+            }
+            let rows = query.fetch_all(&store.pool).await.unwrap();
+            store.close().await;
+            rows.iter()
+                .map(|r| r.try_get::<String, _>("detail").unwrap())
+                .collect()
+        })
+    }
+
+    #[test]
+    fn a_wave_moves_its_hosts_by_primary_key_not_by_scanning_the_stream() {
+        let searches = |plan: &[String]| {
+            plan.iter()
+                .filter(|d| d.contains(" hosts ") || d.ends_with(" hosts"))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let moved = sqlite_plan(&move_hosts_sql(500), 502);
+        let sent_back = sqlite_plan(&send_back_sql(" AND wave = $3"), 3);
+        for plan in [&moved, &sent_back] {
+            let hosts = searches(plan);
+            assert!(
+                !hosts.is_empty() && hosts.iter().all(|d| d.contains("sqlite_autoindex_hosts_1")),
+                "hosts not read by primary key: {plan:?}"
+            );
+        }
+    }
 
     #[test]
     fn the_previous_level_is_what_most_selected_hosts_are_assigned() {

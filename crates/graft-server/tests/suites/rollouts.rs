@@ -30,6 +30,8 @@ pub struct Played {
     /// The server asked it for health in its last check-in.
     asked: bool,
     noise: u64,
+    /// The levels it went to, in order (a failure message shows them).
+    went_to: Vec<Option<u32>>,
 }
 
 impl Played {
@@ -44,6 +46,7 @@ impl Played {
         let patching = desired.level != self.level;
         let mut unclean_reboot = false;
         if patching {
+            self.went_to.push(desired.level);
             let fails = self.fails_on_level && desired.level == Some(under_test);
             if !fails {
                 self.level = desired.level;
@@ -136,6 +139,7 @@ pub fn fleet_of(db: Db<'_>, n: usize) -> (Fleet, Server, Vec<Played>) {
                 fails_on_level: false,
                 asked: false,
                 noise: i as u64 + 1,
+                went_to: Vec::new(),
             }
         })
         .collect();
@@ -719,7 +723,12 @@ pub fn halted_rollout(db: Db<'_>) -> (Fleet, Server, RolloutView) {
         .post("/v1/rollouts", Some(&fleet.admin), &start("25,100"))
         .json(201);
     let halted = play(&server, &fleet.admin, &mut hosts, &started.id);
-    assert_eq!(halted.state, RolloutState::Halted, "{halted:?}");
+    let went_to: Vec<_> = hosts.iter().map(|h| &h.went_to).collect();
+    assert_eq!(
+        halted.state,
+        RolloutState::Halted,
+        "{halted:?}\nthe hosts' levels, in order: {went_to:?}"
+    );
     (fleet, server, halted)
 }
 
