@@ -25,11 +25,11 @@ mod checkins;
 mod dashboard;
 mod error;
 mod extract;
+mod group;
 mod init;
 mod lastseen;
 mod metrics;
 mod openapi;
-mod reports;
 mod rollouts;
 mod routes;
 mod store;
@@ -127,8 +127,9 @@ pub(crate) struct Shared {
     pub store: Store,
     pub last_seen: Arc<LastSeen>,
     pub checkins: checkins::CheckinCache,
-    /// The writer that group-commits hosts' reports.
-    pub reports: reports::Reports,
+    /// The writers that group-commit hosts' reports and enrollments.
+    pub reports: group::GroupCommit<group::ReportWrite>,
+    pub enrollments: group::GroupCommit<store::NewHost>,
     pub counters: metrics::Counters,
     /// Served over TLS (the dashboard's cookie is then `Secure`).
     pub tls: bool,
@@ -264,7 +265,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         store: store.clone(),
         last_seen: last_seen.clone(),
         checkins: checkins::CheckinCache::new(config.checkin_cache),
-        reports: reports::Reports::start(store.clone()),
+        reports: group::GroupCommit::start(store.clone()),
+        enrollments: group::GroupCommit::start(store.clone()),
         counters: metrics::Counters::default(),
         tls: !config.insecure_http,
     }));

@@ -98,8 +98,7 @@ pub(crate) async fn step(
     let counts = store.rollout_counts(&row, now).await?;
     // 1. Hard gates over every moved host, at every tick: a halt stops new hosts at once.
     if counts.treated > 0 {
-        let mut facts = store.hard_facts(&row, &counts, now).await?;
-        facts.excuse(&row.excused);
+        let facts = store.hard_facts(&row, &counts, now).await?;
         let reasons = hard_findings(&facts, gates);
         if !reasons.is_empty() {
             return halt(store, checkins, row, reasons, Vec::new(), false, now).await;

@@ -22,6 +22,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migrate, MigrateError, Migration, MigrationType};
 use sqlx::{AnyPool, Row};
 
+use crate::group::ReportWrite;
+
 mod rollouts;
 
 pub(crate) use rollouts::{HardFacts, HostSamples, RollBack, RolloutRow, Started, NAMED_HOSTS};
@@ -77,6 +79,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "answer changes",
         include_str!("../migrations/0005_answer_changes.sql"),
     ),
+    (
+        6,
+        "rollout counts",
+        include_str!("../migrations/0006_rollout_counts.sql"),
+    ),
 ];
 
 /// Bumps the generation for a write that may change any host's answer: replicas empty their
@@ -106,6 +113,8 @@ const TOUCH_CHUNK: usize = 1000;
 pub(crate) struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite's writers take turns here (see [`Store::write_turn`]).
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Who a bearer secret belongs to.
@@ -245,7 +254,24 @@ impl Store {
                 .execute(&pool)
                 .await?;
         }
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            writer: Default::default(),
+        })
+    }
+
+    /// Waits for this process's turn to write, on SQLite. Its database has one write lock, and
+    /// a writer that finds it taken sleeps in SQLite's busy handler, up to 100 ms a try, however
+    /// soon the lock is free: the report writer, the last-seen flush and a rollout's driver
+    /// then lose most of their time to each other. Queued here instead, each starts the moment
+    /// the last one commits, in the order they came. PostgreSQL locks rows, not the database:
+    /// no turn is needed.
+    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.backend {
+            Backend::Sqlite => Some(self.writer.lock().await),
+            Backend::Postgres => None,
+        }
     }
 
     pub fn backend(&self) -> Backend {
@@ -314,6 +340,7 @@ impl Store {
         public_hex: &str,
         now_ms: u64,
     ) -> Result<(), sqlx::Error> {
+        let _turn = self.write_turn().await;
         sqlx::query("INSERT INTO publisher_keys (key_id, public_key, added_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
             .bind(key_id)
             .bind(public_hex)
@@ -339,6 +366,7 @@ impl Store {
         role: &str,
         now_ms: u64,
     ) -> Result<(), sqlx::Error> {
+        let _turn = self.write_turn().await;
         sqlx::query("INSERT INTO tokens (hash, name, role, created_ms) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
             .bind(hash)
             .bind(name)
@@ -378,10 +406,23 @@ impl Store {
 
     // ---- hosts -------------------------------------------------------------------------
 
-    /// Enrolls a host: its stream (created on demand), the row and its labels, in one
-    /// transaction. The host starts at its stream's default level.
-    pub async fn enroll(&self, host: &NewHost) -> Result<Option<u32>, sqlx::Error> {
+    /// Enrolls hosts in one transaction (see [`crate::group`]): each one's stream (created on
+    /// demand), row and labels. A host starts at its stream's default level, returned in order.
+    pub async fn enroll(&self, hosts: &[NewHost]) -> Result<Vec<Option<u32>>, sqlx::Error> {
+        let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
+        let mut desired = Vec::with_capacity(hosts.len());
+        for host in hosts {
+            desired.push(Self::enroll_one(&mut tx, host).await?);
+        }
+        tx.commit().await?;
+        Ok(desired)
+    }
+
+    async fn enroll_one(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        host: &NewHost,
+    ) -> Result<Option<u32>, sqlx::Error> {
         let stream = host.kernel.stream();
         // A write first: SQLite then takes the write lock at once instead of failing a
         // read-to-write upgrade under concurrency.
@@ -390,7 +431,7 @@ impl Store {
             .bind(&host.kernel.release)
             .bind(&host.kernel.build_id)
             .bind(ms(host.now_ms))
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         let labels = serde_json::to_string(&host.labels).unwrap_or_else(|_| "{}".into());
         sqlx::query(
@@ -407,23 +448,21 @@ impl Store {
         .bind(&host.kernel.build_id)
         .bind(&stream)
         .bind(ms(host.now_ms))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         for (name, value) in &host.labels {
             sqlx::query("INSERT INTO host_labels (host_id, name, value) VALUES ($1, $2, $3)")
                 .bind(&host.id)
                 .bind(name)
                 .bind(value)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
         }
         let desired = sqlx::query("SELECT desired FROM hosts WHERE id = $1")
             .bind(&host.id)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut **tx)
             .await?;
-        let desired = opt_int::<u32>(&desired, "desired")?;
-        tx.commit().await?;
-        Ok(desired)
+        opt_int::<u32>(&desired, "desired")
     }
 
     /// The generation of what check-ins answer, and the last one at which any answer may have
@@ -493,20 +532,21 @@ impl Store {
 
     /// Writes the last-seen times of a batch of hosts, one statement per [`TOUCH_CHUNK`]
     /// hosts; a time never moves backwards (another replica may have written a newer one).
+    /// The times are a table of values joined to the hosts by key, so that each row costs one
+    /// lookup (a `CASE` over the chunk's ids would cost one comparison per id per row).
     pub async fn touch_hosts(&self, seen: &[(String, u64)]) -> Result<(), sqlx::Error> {
+        let _turn = self.write_turn().await;
         for chunk in seen.chunks(TOUCH_CHUNK) {
-            let mut cases = String::new();
-            let mut ids = Vec::new();
-            for i in 0..chunk.len() {
-                let (id, at) = (2 * i + 1, 2 * i + 2);
-                cases.push_str(&format!(
-                    " WHEN ${id} THEN (CASE WHEN ${at} > last_seen_ms THEN ${at} ELSE last_seen_ms END)"
-                ));
-                ids.push(format!("${id}"));
-            }
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+                .collect();
+            // `column1`, `column2`: what SQLite and PostgreSQL alike name a VALUES list's
+            // columns.
             let sql = format!(
-                "UPDATE hosts SET last_seen_ms = CASE id{cases} ELSE last_seen_ms END WHERE id IN ({})",
-                ids.join(", ")
+                "UPDATE hosts SET last_seen_ms = CASE WHEN v.column2 > hosts.last_seen_ms \
+                 THEN v.column2 ELSE hosts.last_seen_ms END \
+                 FROM (VALUES {}) AS v WHERE hosts.id = v.column1",
+                rows.join(", ")
             );
             let mut query = sqlx::query(&sql);
             for (id, at) in chunk {
@@ -537,11 +577,12 @@ impl Store {
         .transpose()
     }
 
-    /// Stores reports in one transaction (see [`crate::reports`]).
-    pub async fn reports(&self, batch: &[(&HostRow, &Report, u64)]) -> Result<(), sqlx::Error> {
+    /// Stores reports in one transaction (see [`crate::group`]).
+    pub async fn reports(&self, batch: &[ReportWrite]) -> Result<(), sqlx::Error> {
+        let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
-        for &(host, report, now_ms) in batch {
-            Self::report(&mut tx, host, report, now_ms).await?;
+        for w in batch {
+            Self::report(&mut tx, &w.host, &w.report, w.now_ms).await?;
         }
         tx.commit().await
     }
@@ -709,6 +750,7 @@ impl Store {
 
     /// Revokes a host's credential; `false` if there is no such host.
     pub async fn revoke(&self, id: &str, now_ms: u64) -> Result<bool, sqlx::Error> {
+        let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
         sqlx::query(BUMP_HOSTS).execute(&mut *tx).await?;
         let done = sqlx::query(&format!(
@@ -850,6 +892,7 @@ impl Store {
     /// Stores a checked level, its module and (if new) its stream, in one transaction.
     /// A concurrent publish of the same level or version fails on the keys.
     pub async fn publish(&self, new: &NewLevel) -> Result<(), sqlx::Error> {
+        let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
         if let Some(kernel) = &new.create_stream {
             sqlx::query("INSERT INTO streams (stream, kernel_release, build_id, created_ms) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
@@ -914,6 +957,7 @@ impl Store {
         level: Option<u32>,
         selector: Option<(String, String)>,
     ) -> Result<AssignResult, sqlx::Error> {
+        let _turn = self.write_turn().await;
         let level = level.map(i64::from);
         // Only hosts whose desired level differs count as changed.
         let differs = if level.is_some() {
@@ -981,6 +1025,7 @@ impl Store {
 
     /// Records an operator's action.
     pub async fn audit(&self, id: &str, entry: &AuditEntry) -> Result<(), sqlx::Error> {
+        let _turn = self.write_turn().await;
         sqlx::query("INSERT INTO audit (id, at_ms, who, what, result) VALUES ($1, $2, $3, $4, $5)")
             .bind(id)
             .bind(ms(entry.at_ms))

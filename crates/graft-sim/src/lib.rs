@@ -61,6 +61,15 @@ pub struct SimConfig {
     pub kernels: u32,
 }
 
+impl SimConfig {
+    /// The worker threads it runs: `workers`, but no more than there are hosts.
+    pub fn threads(&self) -> usize {
+        self.workers
+            .min(usize::try_from(self.hosts).unwrap_or(usize::MAX))
+            .max(1)
+    }
+}
+
 /// Where the server is.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -324,7 +333,7 @@ pub fn run(
         server_rss_mib: target.pid.and_then(rss_mib),
         db_mib: target_db_mib(target),
         database: target.database.clone(),
-        workers: config.workers,
+        workers: config.threads(),
         kept_up: checkins_per_s >= 0.95 * target_per_s,
         first_round,
     })
@@ -398,11 +407,13 @@ fn enroll_all(
     target: &Target,
     bootstrap: &str,
 ) -> Result<Vec<Vec<SimHost>>, SimError> {
-    let workers: Vec<_> = (0..config.workers)
+    // No more workers than hosts: a worker with no host has nothing to wait for.
+    let threads = config.threads();
+    let workers: Vec<_> = (0..threads)
         .map(|w| {
             let client =
                 Client::new(&target.url, target.ca.as_deref()).map(|c| c.with_secret(bootstrap));
-            let (hosts, workers, kernels) = (config.hosts, config.workers as u64, config.kernels);
+            let (hosts, workers, kernels) = (config.hosts, threads as u64, config.kernels);
             std::thread::spawn(move || -> Result<Vec<SimHost>, ClientError> {
                 let client = client?;
                 let mut share = Vec::new();

@@ -163,9 +163,11 @@ pub enum FleetCommand {
         /// interval in which every host checks in once (reported apart).
         #[arg(long, default_value_t = 60.0)]
         duration: f64,
-        /// Worker threads, one connection each.
-        #[arg(long, default_value_t = 32)]
-        workers: usize,
+        /// Worker threads, one connection each, each carrying its share of the hosts in turn
+        /// [default: 32; 256 with --rollout, whose hosts wait for their reports to commit
+        /// while a wave applies, and would otherwise fall behind their check-ins].
+        #[arg(long)]
+        workers: Option<usize>,
         /// Distinct kernel builds the hosts run.
         #[arg(long, default_value_t = 4)]
         kernels: u32,
@@ -499,7 +501,7 @@ fn simulate(args: &FleetArgs) -> anyhow::Result<ExitCode> {
         hosts: *hosts,
         interval: seconds("interval", *interval)?,
         duration: seconds("duration", *duration)?,
-        workers: *workers,
+        workers: workers.unwrap_or(if *rollout { 256 } else { 32 }),
         kernels: *kernels,
     };
     let rollout = if *rollout {

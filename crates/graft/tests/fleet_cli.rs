@@ -265,6 +265,28 @@ fn simulated_hosts_check_in_with_etags() {
     assert_eq!(checkins, unchanged, "{report}");
 }
 
+/// More workers than hosts: a worker with no host used to loop without end, waiting for a
+/// check-in it had none of, and the simulation never finished.
+#[test]
+fn a_simulation_with_more_workers_than_hosts_ends() {
+    let report = run_json(graft().args([
+        "fleet",
+        "simulate",
+        "--hosts",
+        "3",
+        "--interval",
+        "0.5",
+        "--duration",
+        "1",
+        "--workers",
+        "8",
+        "--json",
+    ]));
+    assert_eq!(report["workers"], 3, "a worker per host: {report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert!(report["checkins"].as_u64().unwrap() >= 3, "{report}");
+}
+
 #[test]
 fn the_guest_bridge_names_a_serial_port_it_cannot_open() {
     let dir = tempfile::tempdir().unwrap();

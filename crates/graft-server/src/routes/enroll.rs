@@ -28,19 +28,20 @@ pub(crate) async fn enroll(
         kernel: request.kernel,
         now_ms: crate::now_ms(),
     };
-    let desired = state.store.enroll(&host).await?;
+    let (id, hostname, stream) = (host.id.clone(), host.hostname.clone(), host.kernel.stream());
+    let desired = state.enrollments.submit(host).await?;
     // 3. The keys the host pins: it trusts the publisher, not this server.
     let keys = state.store.publisher_keys().await?;
     tracing::info!(
-        host = host.id,
-        hostname = host.hostname,
-        stream = host.kernel.stream(),
+        host = id,
+        hostname,
+        stream,
         ?desired,
         by = enroller.name,
         "enrolled"
     );
     Ok(Json(EnrollResponse {
-        host_id: host.id,
+        host_id: id,
         credential,
         keys,
     }))

@@ -153,7 +153,12 @@ pub(crate) async fn report(
         .await?
         .ok_or_else(|| Failure::unauthorized(format!("host {} is unknown", host.id)))?;
     let moved = report.kernel != row.kernel;
-    state.reports.store(row, report, crate::now_ms()).await?;
+    let report = crate::group::ReportWrite {
+        host: row,
+        report,
+        now_ms: crate::now_ms(),
+    };
+    state.reports.submit(report).await?;
     crate::metrics::Counters::add(&state.counters.reports);
     if moved {
         // The host moved to another stream: its answer changed.

@@ -136,20 +136,28 @@ pub(crate) struct HardFacts {
 }
 
 impl HardFacts {
-    /// Leaves out hosts an operator accepted when resuming after a halt. Counts shrink with
-    /// the names only where every failed host is named (a cut list keeps its count).
-    pub fn excuse(&mut self, excused: &[String]) {
-        if excused.is_empty() {
-            return;
+    /// Leaves out the hosts an operator accepted when resuming after a halt, then cuts each
+    /// list to [`NAMED_HOSTS`]; `failed_count` counts the failed hosts left. The lists must hold
+    /// every excused host they found, beyond the cut: an excused host among the first names
+    /// would otherwise hide the unexcused ones after them.
+    fn excuse(&mut self, excused: &[String]) {
+        let cut = usize::try_from(NAMED_HOSTS).unwrap_or(usize::MAX);
+        for list in [
+            &mut self.kernel_errors,
+            &mut self.lost,
+            &mut self.crashed,
+            &mut self.failed,
+        ] {
+            list.retain(|h| !excused.contains(h));
         }
-        let keep = |v: &mut Vec<String>| v.retain(|h| !excused.contains(h));
-        keep(&mut self.kernel_errors);
-        keep(&mut self.lost);
-        keep(&mut self.crashed);
-        let named = self.failed.len() as u64;
-        keep(&mut self.failed);
-        if named == self.failed_count {
-            self.failed_count = self.failed.len() as u64;
+        self.failed_count = self.failed.len() as u64;
+        for list in [
+            &mut self.kernel_errors,
+            &mut self.lost,
+            &mut self.crashed,
+            &mut self.failed,
+        ] {
+            list.truncate(cut);
         }
     }
 }
@@ -213,6 +221,7 @@ impl Store {
         row: &RolloutRow,
         population: &Population,
     ) -> Result<Started, sqlx::Error> {
+        let _turn = self.write_turn().await;
         // The insert comes first: the unique index on `live` refuses an overlap, and a
         // transaction that writes first takes SQLite's write lock at once (one that read first
         // could not upgrade past a concurrent writer).
@@ -333,6 +342,7 @@ impl Store {
         sample: &[(u64, u64)],
         now_ms: u64,
     ) -> Result<bool, sqlx::Error> {
+        let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
         let saved = sqlx::query(
             "UPDATE rollouts SET state = $1, reason = $2, wave = $3, waves = $4, decisions = $5, \
@@ -479,60 +489,78 @@ impl Store {
     }
 
     /// How far a rollout's hosts are, and how many of them the hard gates read from the host
-    /// rows (kernel errors, silence): one pass over the moved hosts.
+    /// rows (kernel errors, silence). Every driver tick, status and dashboard page asks, so
+    /// nothing here visits every moved host: each count starts from an index of the few hosts
+    /// it is about (migration 0006) and looks their rollout row up by key, and `treated` is
+    /// counted in the rollout's own index.
     pub async fn rollout_counts(
         &self,
         row: &RolloutRow,
         now_ms: u64,
     ) -> Result<RolloutCounts, sqlx::Error> {
-        let r = sqlx::query(
-            "SELECT COUNT(*) AS treated, \
-             COALESCE(SUM(CASE WHEN h.level = $2 THEN 1 ELSE 0 END), 0) AS applied, \
-             COALESCE(SUM(CASE WHEN (h.level IS NULL OR h.level <> $2) AND h.last_seen_ms >= $3 \
-               AND NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.host_id = h.id AND o.level = $2 \
-               AND o.at_ms >= rh.moved_ms AND o.result NOT IN ('applied', 'forced')) \
-               THEN 1 ELSE 0 END), 0) AS in_flight, \
-             COALESCE(SUM(CASE WHEN h.level = $2 AND h.kernel_errors > 0 THEN 1 ELSE 0 END), 0) \
-               AS kernel_errors, \
-             COALESCE(SUM(CASE WHEN h.last_seen_ms < $3 THEN 1 ELSE 0 END), 0) AS lost \
-             FROM rollout_hosts rh JOIN hosts h ON h.id = rh.host_id \
-             WHERE rh.rollout_id = $1 AND rh.wave IS NOT NULL",
-        )
-        .bind(&row.id)
-        .bind(i64::from(row.level))
-        .bind(ms(now_ms.saturating_sub(row.lost_after_ms)))
-        .fetch_one(&self.pool)
-        .await?;
+        let (id, level) = (row.id.as_str(), i64::from(row.level));
+        let silent_since = ms(now_ms.saturating_sub(row.lost_after_ms));
+        let treated = sqlx::query(TREATED_SQL)
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        let unsettled = sqlx::query(&unsettled_sql())
+            .bind(id)
+            .bind(level)
+            .bind(silent_since)
+            .fetch_one(&self.pool)
+            .await?;
+        let kernel_errors = sqlx::query(&moved_hosts_sql("COUNT(*) AS n", KERNEL_ERRORS))
+            .bind(id)
+            .bind(level)
+            .fetch_one(&self.pool)
+            .await?;
+        let lost = sqlx::query(&moved_hosts_sql("COUNT(*) AS n", SILENT))
+            .bind(id)
+            .bind(silent_since)
+            .fetch_one(&self.pool)
+            .await?;
+        let treated: u64 = int(&treated, "n")?;
+        // A moved host is on the level once it settled there, unless the rollout sent it
+        // back: then "applied" is what still runs the level on its way back.
+        let applied = if row.state == RolloutState::RolledBack {
+            int(&unsettled, "still_on")?
+        } else {
+            treated.saturating_sub(int(&unsettled, "on_the_way")?)
+        };
         Ok(RolloutCounts {
-            treated: int(&r, "treated")?,
-            applied: int(&r, "applied")?,
-            in_flight: int(&r, "in_flight")?,
-            kernel_errors: int(&r, "kernel_errors")?,
-            lost: int(&r, "lost")?,
+            treated,
+            applied,
+            in_flight: int(&unsettled, "in_flight")?,
+            kernel_errors: int(&kernel_errors, "n")?,
+            lost: int(&lost, "n")?,
         })
     }
 
-    /// What the hard gates need: every treated host's troubles since it was moved. The host
-    /// rows' troubles are named only when `counts` found some; crashes and failed transitions
-    /// are read from their own small indexes, never by visiting every moved host.
+    /// What the hard gates need: every treated host's troubles since it was moved, less the
+    /// hosts an operator excused. The host rows' troubles are named only when `counts` found
+    /// some; crashes and failed transitions are read from their own small indexes, never by
+    /// visiting every moved host.
     pub async fn hard_facts(
         &self,
         row: &RolloutRow,
         counts: &RolloutCounts,
         now_ms: u64,
     ) -> Result<HardFacts, sqlx::Error> {
-        let treated = "FROM rollout_hosts rh JOIN hosts h ON h.id = rh.host_id \
-                       WHERE rh.rollout_id = $1 AND rh.wave IS NOT NULL";
+        // Enough names that the excused ones can be left out and the cut still be full.
+        let limit =
+            NAMED_HOSTS.saturating_add(i64::try_from(row.excused.len()).unwrap_or(i64::MAX));
         let names = |rows: Vec<AnyRow>| -> Result<Vec<String>, sqlx::Error> {
             rows.iter().map(|r| r.try_get("id")).collect()
         };
         let kernel_errors = if counts.kernel_errors > 0 {
             let rows = sqlx::query(&format!(
-                "SELECT h.id {treated} AND h.level = $2 AND h.kernel_errors > 0 ORDER BY h.id LIMIT $3"
+                "{} ORDER BY h.id LIMIT $3",
+                moved_hosts_sql("h.id", KERNEL_ERRORS)
             ))
             .bind(&row.id)
             .bind(i64::from(row.level))
-            .bind(NAMED_HOSTS)
+            .bind(limit)
             .fetch_all(&self.pool)
             .await?;
             names(rows)?
@@ -541,11 +569,12 @@ impl Store {
         };
         let lost = if counts.lost > 0 {
             let rows = sqlx::query(&format!(
-                "SELECT h.id {treated} AND h.last_seen_ms < $2 ORDER BY h.id LIMIT $3"
+                "{} ORDER BY h.id LIMIT $3",
+                moved_hosts_sql("h.id", SILENT)
             ))
             .bind(&row.id)
             .bind(ms(now_ms.saturating_sub(row.lost_after_ms)))
-            .bind(NAMED_HOSTS)
+            .bind(limit)
             .fetch_all(&self.pool)
             .await?;
             names(rows)?
@@ -579,21 +608,17 @@ impl Store {
         let distinct = |rows: Vec<AnyRow>| -> Result<BTreeSet<String>, sqlx::Error> {
             rows.iter().map(|r| r.try_get("id")).collect()
         };
-        let named = |set: &BTreeSet<String>| -> Vec<String> {
-            set.iter()
-                .take(usize::try_from(NAMED_HOSTS).unwrap_or(usize::MAX))
-                .cloned()
-                .collect()
-        };
         let (crashed, failed) = (distinct(crashed)?, distinct(failed)?);
-        Ok(HardFacts {
+        let mut facts = HardFacts {
             treated: counts.treated,
             kernel_errors,
             lost,
-            crashed: named(&crashed),
-            failed: named(&failed),
+            crashed: crashed.into_iter().collect(),
             failed_count: failed.len() as u64,
-        })
+            failed: failed.into_iter().collect(),
+        };
+        facts.excuse(&row.excused);
+        Ok(facts)
     }
 
     /// Samples since `since_ms` of up to `per_group` treated hosts (the latest wave's first)
@@ -771,6 +796,7 @@ impl Store {
 
     /// Forgets health samples older than `before_ms`.
     pub async fn prune_health(&self, before_ms: u64) -> Result<u64, sqlx::Error> {
+        let _turn = self.write_turn().await;
         let done = sqlx::query("DELETE FROM health WHERE at_ms < $1")
             .bind(ms(before_ms))
             .execute(&self.pool)
@@ -817,6 +843,42 @@ fn rollout_row(r: &AnyRow) -> Result<RolloutRow, sqlx::Error> {
         revision: r.try_get("revision")?,
         excused: json_column(r, "excused")?,
     })
+}
+
+/// A rollout's (`$1`) moved hosts, counted in its index of moved rows.
+const TREATED_SQL: &str =
+    "SELECT COUNT(*) AS n FROM rollout_hosts WHERE rollout_id = $1 AND wave IS NOT NULL";
+
+/// Hosts on the level (`$2`) with kernel errors logged since the apply.
+const KERNEL_ERRORS: &str = "h.kernel_errors > 0 AND h.level = $2";
+
+/// Hosts silent since `$2`.
+const SILENT: &str = "h.last_seen_ms < $2";
+
+/// `select` over the hosts matching `condition` that rollout `$1` moved. The host rows come
+/// first, from the index `condition` names, and each is looked up in the rollout by key:
+/// `CROSS JOIN` fixes that order on SQLite, whose planner has no statistics to know the
+/// condition's hosts are few and the rollout's many (PostgreSQL plans it from its own).
+fn moved_hosts_sql(select: &str, condition: &str) -> String {
+    format!(
+        "SELECT {select} FROM hosts h CROSS JOIN rollout_hosts rh WHERE {condition} \
+         AND rh.rollout_id = $1 AND rh.host_id = h.id AND rh.wave IS NOT NULL"
+    )
+}
+
+/// The moved hosts not on their desired level yet (`$2`: the rollout's level, `$3`: silent
+/// before): on their way to it (of which those in flight: still heard from, no failed apply
+/// since the move), or sent back and still on it.
+fn unsettled_sql() -> String {
+    moved_hosts_sql(
+        "COALESCE(SUM(CASE WHEN h.level IS NULL OR h.level <> $2 THEN 1 ELSE 0 END), 0) AS on_the_way, \
+         COALESCE(SUM(CASE WHEN (h.level IS NULL OR h.level <> $2) AND h.last_seen_ms >= $3 \
+           AND NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.host_id = h.id AND o.level = $2 \
+           AND o.at_ms >= rh.moved_ms AND o.result NOT IN ('applied', 'forced')) \
+           THEN 1 ELSE 0 END), 0) AS in_flight, \
+         COALESCE(SUM(CASE WHEN h.level = $2 THEN 1 ELSE 0 END), 0) AS still_on",
+        "h.level IS DISTINCT FROM h.desired",
+    )
 }
 
 /// The place of a host in a rollout's order.
@@ -912,6 +974,72 @@ mod tests {
                 "hosts not read by primary key: {plan:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_rollouts_counts_read_indexes_not_every_moved_host() {
+        let counts = [
+            (TREATED_SQL.to_string(), 1, "rollout_hosts_moved"),
+            (unsettled_sql(), 3, "hosts_unsettled"),
+            (
+                moved_hosts_sql("COUNT(*) AS n", KERNEL_ERRORS),
+                2,
+                "hosts_with_kernel_errors",
+            ),
+            (
+                moved_hosts_sql("COUNT(*) AS n", SILENT),
+                2,
+                "hosts_by_last_seen",
+            ),
+        ];
+        for (sql, args, index) in counts {
+            let plan = sqlite_plan(&sql, args);
+            assert!(
+                plan.first().is_some_and(|d| d.contains(index)),
+                "not started from {index}: {plan:?}"
+            );
+            // A scan is only of the partial index itself, whose entries are the hosts counted.
+            assert!(
+                plan.iter()
+                    .all(|d| !d.starts_with("SCAN") || d.ends_with(&format!("INDEX {index}"))),
+                "a table scanned: {plan:?}"
+            );
+            if sql.contains("CROSS JOIN") {
+                assert!(
+                    plan.iter()
+                        .any(|d| d.contains("rh USING") && d.contains("PRIMARY KEY")
+                            || d.contains("sqlite_autoindex_rollout_hosts_1")),
+                    "rollout rows not looked up by key: {plan:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn excused_hosts_among_the_first_names_do_not_hide_the_hosts_after_them() {
+        let hosts = |n: usize| (0..n).map(|i| format!("h{i:02}")).collect::<Vec<_>>();
+        let mut facts = HardFacts {
+            treated: 100,
+            lost: hosts(25),
+            failed: hosts(30),
+            failed_count: 30,
+            ..HardFacts::default()
+        };
+        let excused = hosts(20);
+        facts.excuse(&excused);
+        assert_eq!(facts.lost, ["h20", "h21", "h22", "h23", "h24"]);
+        assert_eq!(facts.failed_count, 10);
+        assert_eq!(facts.failed.len(), 10);
+        let mut many = HardFacts {
+            crashed: hosts(40),
+            ..HardFacts::default()
+        };
+        many.excuse(&[]);
+        assert_eq!(
+            many.crashed.len(),
+            NAMED_HOSTS as usize,
+            "cut to the named hosts"
+        );
     }
 
     #[test]
