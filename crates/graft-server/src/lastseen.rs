@@ -48,7 +48,11 @@ impl LastSeen {
     }
 }
 
-/// Flushes every `interval` until `stop` fires, then once more.
+/// How often the flush task also empties SQLite's write-ahead log (see [`Store::checkpoint`]).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
+
+/// Flushes every `interval` until `stop` fires, then once more. Every [`CHECKPOINT_EVERY`] it
+/// also checkpoints the database: this is the server's one periodic writer.
 pub(crate) async fn flush_until(
     last_seen: std::sync::Arc<LastSeen>,
     store: Store,
@@ -57,6 +61,7 @@ pub(crate) async fn flush_until(
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut checkpointed = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -64,6 +69,12 @@ pub(crate) async fn flush_until(
         }
         if let Err(e) = last_seen.flush(&store).await {
             tracing::warn!(error = %e, "writing hosts' last-seen times failed; retrying at the next flush");
+        }
+        if checkpointed.elapsed() >= CHECKPOINT_EVERY {
+            checkpointed = tokio::time::Instant::now();
+            if let Err(e) = store.checkpoint().await {
+                tracing::warn!(error = %e, "checkpointing the database's write-ahead log failed");
+            }
         }
     }
     if let Err(e) = last_seen.flush(&store).await {

@@ -3,7 +3,11 @@
 //!
 //! A [`SimFleet`] is enrolled once, on one kernel build; its hosts then check in once per
 //! interval at their phase, as agents do, from worker threads that run until the fleet is
-//! dropped. Each [`SimFleet::rollout`]:
+//! dropped. Their reports go through a pool of reporter threads: a worker runs many hosts, and
+//! while the server takes a report (a wave of applies is a burst of them) the worker's other
+//! hosts keep checking in, as agents, each its own process, do. A host with a report on its way
+//! sends no other until the first is answered, and keeps its outcomes until one gets through.
+//! Each [`SimFleet::rollout`]:
 //! 1. publishes the stream's next level, signed with the publisher's key, and starts a rollout
 //!    of it (`--waves`, `--bake`), which the server's own driver moves;
 //! 2. tells the hosts what this run injects. A host whose desired level changed "applies" it:
@@ -22,7 +26,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use graft_client::{Client, ClientError};
@@ -113,7 +118,10 @@ struct Host {
     model: HostModel,
     epoch: u64,
     stuck: bool,
-    crashed: bool,
+    /// Unclean reboots not reported yet.
+    crashes: u32,
+    /// A report of this host's is with the reporters.
+    in_flight: bool,
     /// The server asks it for health at every check-in (a rollout's gates read it).
     asked: bool,
     /// Outcomes not acknowledged yet: sent again until a report gets through, as an agent
@@ -134,6 +142,36 @@ pub struct SimFleet {
     reports: Arc<AtomicU64>,
     errors: Arc<AtomicU64>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    reporters: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Reporter threads: enough to keep the server's report writer busy, not one per host.
+const REPORTERS: usize = 64;
+
+/// Reports waiting for a reporter. When it is full a host keeps its report for its next
+/// check-in, as an agent whose report timed out does.
+const REPORT_QUEUE: usize = 4 * REPORTERS;
+
+/// A host's report on its way to the server.
+struct Delivery {
+    /// The host's place in its worker's list.
+    host: usize,
+    credential: String,
+    report: Report,
+    /// The unclean reboots the report tells of.
+    crashes: u32,
+    /// Where the answer goes: the host's worker.
+    back: mpsc::Sender<Delivered>,
+}
+
+/// A report's answer, back at the host's worker.
+struct Delivered {
+    host: usize,
+    /// How many of the host's pending outcomes, and unclean reboots, the report carried:
+    /// acknowledged if it got through.
+    outcomes: usize,
+    crashes: u32,
+    ok: bool,
 }
 
 impl SimFleet {
@@ -163,6 +201,20 @@ impl SimFleet {
         let errors = Arc::new(AtomicU64::new(0));
         let hosts = shares.iter().map(|s| s.len() as u64).sum();
         let begin = Instant::now();
+        let (deliver, deliveries) = mpsc::sync_channel::<Delivery>(REPORT_QUEUE);
+        let deliveries = Arc::new(Mutex::new(deliveries));
+        let mut reporters = Vec::new();
+        for _ in 0..REPORTERS.min(shares.len().max(1)) {
+            let client = Client::new(&target.url, target.ca.as_deref())?;
+            let (deliveries, reports, errors) = (
+                Arc::clone(&deliveries),
+                Arc::clone(&reports),
+                Arc::clone(&errors),
+            );
+            reporters.push(std::thread::spawn(move || {
+                report_until_closed(&client, &deliveries, &reports, &errors)
+            }));
+        }
         let mut workers = Vec::new();
         for (w, share) in shares.into_iter().enumerate() {
             let mut rng = ChaCha8Rng::seed_from_u64(w as u64);
@@ -176,28 +228,31 @@ impl SimFleet {
                     model: HostModel::draw(&mut rng),
                     epoch: 0,
                     stuck: false,
-                    crashed: false,
+                    crashes: 0,
+                    in_flight: false,
                     asked: false,
                     pending: Vec::new(),
                 })
                 .collect();
             let client = Client::new(&target.url, target.ca.as_deref())?;
             let url = target.url.clone();
-            let (run, stop, reports, errors) = (
+            let (run, stop, errors, deliver) = (
                 Arc::clone(&run),
                 Arc::clone(&stop),
-                Arc::clone(&reports),
                 Arc::clone(&errors),
+                deliver.clone(),
             );
             workers.push(std::thread::spawn(move || {
-                let mut wire = wire::Wire::for_server(&url, client.clone());
+                let mut wire = wire::Wire::for_server(&url, client);
+                let (back, delivered) = mpsc::channel();
                 let mut worker = Worker {
                     index: w as u64,
-                    client: &client,
                     rng,
                     run: &run,
-                    reports: &reports,
                     errors: &errors,
+                    deliver,
+                    back,
+                    delivered,
                 };
                 worker.check_in_loop(&mut wire, hosts, begin, interval, &stop);
             }));
@@ -214,6 +269,7 @@ impl SimFleet {
             reports,
             errors,
             workers,
+            reporters,
         })
     }
 
@@ -385,17 +441,60 @@ impl Drop for SimFleet {
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
+        // The workers held the queue's senders: the reporters end once it is empty.
+        for r in self.reporters.drain(..) {
+            let _ = r.join();
+        }
+    }
+}
+
+/// A reporter: sends the reports it is given, one at a time, until every worker is gone.
+fn report_until_closed(
+    client: &Client,
+    deliveries: &Mutex<mpsc::Receiver<Delivery>>,
+    reports: &AtomicU64,
+    errors: &AtomicU64,
+) {
+    loop {
+        // The lock is held only while waiting for the next report, not while sending it.
+        let next = match deliveries.lock() {
+            Ok(queue) => queue.recv(),
+            Err(_) => return,
+        };
+        let Ok(delivery) = next else { return };
+        let result = client.report_as(Some(&delivery.credential), &delivery.report);
+        let ok = match result {
+            Ok(_) => {
+                reports.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                tracing::debug!("simulated report failed: {e}");
+                errors.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        };
+        // A worker that ended no longer needs the answer.
+        let _ = delivery.back.send(Delivered {
+            host: delivery.host,
+            outcomes: delivery.report.outcomes.len(),
+            crashes: delivery.crashes,
+            ok,
+        });
     }
 }
 
 /// One worker's hosts and its draws.
 struct Worker<'a> {
     index: u64,
-    client: &'a Client,
     rng: ChaCha8Rng,
     run: &'a RwLock<Run>,
-    reports: &'a AtomicU64,
     errors: &'a AtomicU64,
+    /// The reporters' queue.
+    deliver: mpsc::SyncSender<Delivery>,
+    /// Answers to this worker's reports.
+    back: mpsc::Sender<Delivered>,
+    delivered: mpsc::Receiver<Delivered>,
 }
 
 impl Worker<'_> {
@@ -409,10 +508,12 @@ impl Worker<'_> {
     ) {
         hosts.sort_by(|a, b| a.phase.total_cmp(&b.phase));
         for cycle in 0u32.. {
-            for host in hosts.iter_mut() {
+            for index in 0..hosts.len() {
                 if stop.load(Ordering::Relaxed) {
                     return;
                 }
+                self.take_answers(&mut hosts);
+                let host = &mut hosts[index];
                 let due = begin + interval.mul_f64(f64::from(cycle) + host.phase);
                 let now = Instant::now();
                 if due > now {
@@ -432,7 +533,7 @@ impl Worker<'_> {
                 if host.stuck {
                     continue;
                 }
-                if let Err(e) = self.check_in(wire, host, &run, interval) {
+                if let Err(e) = self.check_in(wire, index, host, &run, interval) {
                     tracing::debug!("simulated check-in failed: {e}");
                     self.errors.fetch_add(1, Ordering::Relaxed);
                 }
@@ -440,11 +541,29 @@ impl Worker<'_> {
         }
     }
 
+    /// Acknowledges what the reports that got through carried; a host whose report failed
+    /// sends its outcomes again in its next one.
+    fn take_answers(&self, hosts: &mut [Host]) {
+        while let Ok(answer) = self.delivered.try_recv() {
+            let Some(host) = hosts.get_mut(answer.host) else {
+                continue;
+            };
+            host.in_flight = false;
+            if answer.ok {
+                host.pending
+                    .drain(..answer.outcomes.min(host.pending.len()));
+                host.crashes = host.crashes.saturating_sub(answer.crashes);
+            }
+        }
+    }
+
     /// One host's check-in: the desired level; an apply when it changed; a report when there
-    /// is something to say or the host is one of this interval's reporters.
+    /// is something to say or the host is one of this interval's reporters, handed to the
+    /// reporters unless one of the host's is still on its way.
     fn check_in(
         &mut self,
         wire: &mut wire::Wire,
+        index: usize,
         host: &mut Host,
         run: &Run,
         interval: Duration,
@@ -467,7 +586,7 @@ impl Worker<'_> {
             let failed = troubled && self.rng.gen_bool(run.transition_failure_rate);
             if !failed {
                 host.level = level;
-                host.crashed = troubled && self.rng.gen_bool(run.crash_rate);
+                host.crashes += u32::from(troubled && self.rng.gen_bool(run.crash_rate));
                 host.stuck = troubled && self.rng.gen_bool(run.stuck_rate);
             }
             host.pending.push(Outcome {
@@ -489,13 +608,17 @@ impl Worker<'_> {
                 return Ok(());
             }
         } else if host.pending.is_empty()
-            && !host.crashed
+            && host.crashes == 0
             && !host.asked
             && !self.rng.gen_bool(run.report_share)
         {
             // As a real agent: silent unless it has something to say or the server asked
             // for its health; `report_share` stands for the reports of changes and the
             // hourly ones.
+            return Ok(());
+        }
+        if host.in_flight {
+            // Its last report is still with the server: this one would tell it again.
             return Ok(());
         }
         let on_level = under_test(host.level);
@@ -518,16 +641,25 @@ impl Worker<'_> {
                 interval_ms: millis(interval),
                 level: host.level,
                 patching,
-                unclean_reboot: host.crashed,
+                unclean_reboot: host.crashes > 0,
                 metrics,
             }),
         };
-        self.client
-            .report_as(Some(&host.credential), &report)
-            .map_err(|e| e.to_string())?;
-        host.pending.clear();
-        host.crashed = false;
-        self.reports.fetch_add(1, Ordering::Relaxed);
+        let delivery = Delivery {
+            host: index,
+            credential: host.credential.clone(),
+            report,
+            crashes: host.crashes,
+            back: self.back.clone(),
+        };
+        match self.deliver.try_send(delivery) {
+            Ok(()) => host.in_flight = true,
+            // Every reporter is busy: the host tells it all at its next check-in.
+            Err(mpsc::TrySendError::Full(_)) => {}
+            Err(mpsc::TrySendError::Disconnected(_)) => {
+                return Err("the reporters are gone".into());
+            }
+        }
         Ok(())
     }
 }
