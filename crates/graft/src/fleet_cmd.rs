@@ -562,10 +562,10 @@ fn simulate(args: &FleetArgs) -> anyhow::Result<ExitCode> {
     };
     let json = args.json;
     if let Some(sim) = &rollout {
+        // Progress goes to stderr with `--json` too: stdout carries only the report, and a
+        // million-host run is long.
         let report = graft_sim::run_rollout(&config, sim, &target, &|msg| {
-            if !json {
-                eprintln!("graft fleet simulate: {msg}");
-            }
+            eprintln!("graft fleet simulate: {msg}");
         })?;
         let r = &report.rollout;
         print(json, &report, || {
@@ -586,9 +586,7 @@ fn simulate(args: &FleetArgs) -> anyhow::Result<ExitCode> {
         });
     }
     let report = graft_sim::run(&config, &target, &|msg| {
-        if !json {
-            eprintln!("graft fleet simulate: {msg}");
-        }
+        eprintln!("graft fleet simulate: {msg}");
     })?;
     print(json, &report, || {
         format!(

@@ -930,20 +930,13 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Backend;
 
     /// SQLite's plan for `sql` (its `detail` lines), on the real schema, binding `args` text
     /// values.
     fn sqlite_plan(sql: &str, args: usize) -> Vec<String> {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("plan.db").display());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let (rt, store) = crate::store::sqlite_for_test(&dir.path().join("plan.db"));
         rt.block_on(async {
-            let store = Store::connect(&url, Backend::Sqlite).await.unwrap();
-            store.migrate().await.unwrap();
             let explain = format!("EXPLAIN QUERY PLAN {sql}");
             let mut query = sqlx::query(&explain);
             for i in 0..args {
