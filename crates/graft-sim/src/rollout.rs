@@ -199,8 +199,8 @@ impl SimFleet {
         let hosts = shares.iter().map(|s| s.len() as u64).sum();
         let begin = Instant::now();
         // As many reporters as workers: the server group-commits the reports in flight, so
-        // its rate grows with how many wait at once (64 reporters for 256 workers took a
-        // seventh of the reports a second the workers had sent themselves).
+        // its rate grows with how many wait at once (a million-host run with 64 reporters
+        // for 256 workers: 143 reports a second; with 256: 340).
         let reporters_n = shares.len().max(1);
         let (deliver, deliveries) =
             mpsc::sync_channel::<Delivery>(QUEUED_PER_REPORTER * reporters_n);
