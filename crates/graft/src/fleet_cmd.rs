@@ -164,8 +164,9 @@ pub enum FleetCommand {
         #[arg(long, default_value_t = 60.0)]
         duration: f64,
         /// Worker threads, one connection each, each carrying its share of the hosts in turn
-        /// [default: 32; 256 with --rollout, whose hosts wait for their reports to commit
-        /// while a wave applies, and would otherwise fall behind their check-ins].
+        /// [default: 32; 256 with --rollout, whose hosts' reports go through as many reporter
+        /// threads: the server commits the reports in flight together, so a wave's applies
+        /// are stored faster the more of them wait at once].
         #[arg(long)]
         workers: Option<usize>,
         /// Distinct kernel builds the hosts run.
