@@ -2,10 +2,11 @@
 //!
 //! Every host polls `/v1/host/desired`; writing a row per poll would make the cheapest, most
 //! frequent request a database write (and a 304 must write nothing). So a poll only records
-//! the time here, in memory, and a task flushes the batch every few seconds with one statement
-//! per thousand hosts. The map is a buffer, never an authority: a replica that dies loses at
-//! most one interval of check-in times. `last_seen_ms` is therefore accurate to the flush
-//! interval (plus the clock difference between replicas).
+//! the time here, in memory, and a task flushes the batch every few seconds; the store writes
+//! a host's time only once it moved on by more than the last-seen resolution (see
+//! [`Store::with_seen_resolution`]). The map is a buffer, never an authority: a replica that
+//! dies loses at most one interval of check-in times. `last_seen_ms` is therefore accurate to
+//! the resolution and the flush interval (plus the clock difference between replicas).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

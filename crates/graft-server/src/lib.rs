@@ -59,6 +59,11 @@ pub mod files {
     pub const ADMIN_TOKEN: &str = "admin.token";
 }
 
+/// [`ServerConfig::last_seen_resolution`] unless set: half the default lost-after of a
+/// rollout, so a host is counted lost 10 to 15 minutes after its last check-in, and a host
+/// checking in every minute rewrites its row every sixth.
+pub const DEFAULT_LAST_SEEN_RESOLUTION: Duration = Duration::from_secs(300);
+
 /// How to run a server.
 #[derive(Clone)]
 pub struct ServerConfig {
@@ -72,8 +77,12 @@ pub struct ServerConfig {
     pub insecure_http: bool,
     /// Listen on an address other than loopback (TLS only).
     pub allow_remote: bool,
-    /// How often hosts' check-in times are written (what `last_seen_ms` is accurate to).
+    /// How often hosts' check-in times are written.
     pub last_seen_flush: Duration,
+    /// How far a host's check-in time must have moved on before it is written again: with
+    /// the flush interval, what `last_seen_ms` is accurate to. The lost-host gate allows for
+    /// it (a host counts as lost once silent for the rollout's lost-after plus this).
+    pub last_seen_resolution: Duration,
     /// How stale, at most, the check-in answers this replica keeps in memory may be against
     /// another replica's writes (its own writes are seen at once). Zero: checked at every
     /// check-in.
@@ -94,6 +103,7 @@ impl ServerConfig {
             insecure_http: false,
             allow_remote: false,
             last_seen_flush: Duration::from_secs(5),
+            last_seen_resolution: DEFAULT_LAST_SEEN_RESOLUTION,
             checkin_cache: Duration::from_secs(1),
             rollout_tick: Duration::from_secs(5),
             gates: graft_rollout::GateConfig::default(),
@@ -111,6 +121,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("insecure_http", &self.insecure_http)
             .field("allow_remote", &self.allow_remote)
             .field("last_seen_flush", &self.last_seen_flush)
+            .field("last_seen_resolution", &self.last_seen_resolution)
             .field("checkin_cache", &self.checkin_cache)
             .field("rollout_tick", &self.rollout_tick)
             .field("gates", &self.gates)
@@ -232,7 +243,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         .map_err(|cause| ServerError::Database {
             database: described.clone(),
             cause,
-        })?;
+        })?
+        .with_seen_resolution(config.last_seen_resolution);
     store
         .migrate()
         .await

@@ -48,7 +48,10 @@ pub enum RolloutCommand {
         /// At most this many hosts of a wave applying at once.
         #[arg(long)]
         max_parallel: Option<u32>,
-        /// A moved host silent this long is lost, which halts the rollout (default 10m).
+        /// A moved host silent this long is lost, which halts the rollout (default 10m). The
+        /// server writes check-in times to its last-seen resolution (`graft server run
+        /// --last-seen-resolution-ms`, default 5 min) and allows for it: a host is counted lost
+        /// between this and this plus the resolution after its last check-in.
         #[arg(long, value_parser = humantime::parse_duration)]
         lost_after: Option<Duration>,
         /// On a halt, send every moved host back at once (only when they come from no level:

@@ -54,6 +54,12 @@ pub enum ServerCommand {
         /// judged. Every replica drives; a rollout's row is changed under a compare-and-set.
         #[arg(long, value_name = "MS", default_value_t = 5000)]
         rollout_tick_ms: u64,
+        /// A host's check-in time is written once it is this far past the written one, not at
+        /// every check-in (the fleet's most frequent event; a million hosts checking in every
+        /// minute would rewrite 17,000 rows a second). The lost-host gate allows for it: a
+        /// host counts as lost once silent for a rollout's lost-after plus this.
+        #[arg(long, value_name = "MS", default_value_t = graft_server::DEFAULT_LAST_SEEN_RESOLUTION.as_millis() as u64)]
+        last_seen_resolution_ms: u64,
         /// Most hosts per side (treated, control) whose health a rollout's gates read and
         /// the server asks to report at every check-in; everyone else reports only changes.
         #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(5..=1_000_000))]
@@ -98,6 +104,7 @@ pub fn run(command: &ServerCommand) -> anyhow::Result<ExitCode> {
             allow_remote,
             checkin_cache_ms,
             rollout_tick_ms,
+            last_seen_resolution_ms,
             gate_hosts,
         } => {
             let mut config = graft_server::ServerConfig::new(data.clone(), *listen);
@@ -106,6 +113,8 @@ pub fn run(command: &ServerCommand) -> anyhow::Result<ExitCode> {
             config.allow_remote = *allow_remote;
             config.checkin_cache = std::time::Duration::from_millis(*checkin_cache_ms);
             config.rollout_tick = std::time::Duration::from_millis((*rollout_tick_ms).max(50));
+            config.last_seen_resolution =
+                std::time::Duration::from_millis(*last_seen_resolution_ms);
             config.gates.hosts_per_side = *gate_hosts;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

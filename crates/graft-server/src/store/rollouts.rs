@@ -86,7 +86,8 @@ pub(crate) struct RolloutCounts {
     pub in_flight: u64,
     /// Moved, on the level, with kernel errors logged since the apply.
     pub kernel_errors: u64,
-    /// Moved, and silent for longer than the rollout's `lost_after`.
+    /// Moved, and silent for longer than the rollout's `lost_after` (and the last-seen
+    /// resolution, see [`Store::with_seen_resolution`]).
     pub lost: u64,
 }
 
@@ -125,7 +126,7 @@ pub(crate) struct HardFacts {
     pub treated: u64,
     /// Treated hosts with kernel errors since they applied the level (named, at most 20).
     pub kernel_errors: Vec<String>,
-    /// Treated hosts silent for longer than lost-after.
+    /// Treated hosts silent for longer than lost-after (and the last-seen resolution).
     pub lost: Vec<String>,
     /// Treated hosts that came back from an unclean reboot since they were moved.
     pub crashed: Vec<String>,
@@ -400,7 +401,8 @@ impl Store {
                 let sql = move_hosts_sql(chunk.len());
                 let mut query = sqlx::query(&sql)
                     .bind(i64::from(row.level))
-                    .bind(&row.stream);
+                    .bind(&row.stream)
+                    .bind(&row.id);
                 for id in chunk {
                     query = query.bind(id.as_str());
                 }
@@ -499,12 +501,17 @@ impl Store {
         now_ms: u64,
     ) -> Result<RolloutCounts, sqlx::Error> {
         let (id, level) = (row.id.as_str(), i64::from(row.level));
-        let silent_since = ms(now_ms.saturating_sub(row.lost_after_ms));
+        let silent_since = self.silent_since(now_ms, row.lost_after_ms);
         let treated = sqlx::query(TREATED_SQL)
             .bind(id)
             .fetch_one(&self.pool)
             .await?;
-        let unsettled = sqlx::query(&unsettled_sql())
+        let unsettled = sqlx::query(UNSETTLED_SQL)
+            .bind(id)
+            .bind(level)
+            .fetch_one(&self.pool)
+            .await?;
+        let held_up = sqlx::query(HELD_UP_SQL)
             .bind(id)
             .bind(level)
             .bind(silent_since)
@@ -521,17 +528,18 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         let treated: u64 = int(&treated, "n")?;
+        let on_the_way: u64 = int(&unsettled, "on_the_way")?;
         // A moved host is on the level once it settled there, unless the rollout sent it
         // back: then "applied" is what still runs the level on its way back.
         let applied = if row.state == RolloutState::RolledBack {
             int(&unsettled, "still_on")?
         } else {
-            treated.saturating_sub(int(&unsettled, "on_the_way")?)
+            treated.saturating_sub(on_the_way)
         };
         Ok(RolloutCounts {
             treated,
             applied,
-            in_flight: int(&unsettled, "in_flight")?,
+            in_flight: on_the_way.saturating_sub(int(&held_up, "n")?),
             kernel_errors: int(&kernel_errors, "n")?,
             lost: int(&lost, "n")?,
         })
@@ -573,7 +581,7 @@ impl Store {
                 moved_hosts_sql("h.id", SILENT)
             ))
             .bind(&row.id)
-            .bind(ms(now_ms.saturating_sub(row.lost_after_ms)))
+            .bind(self.silent_since(now_ms, row.lost_after_ms))
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
@@ -866,32 +874,39 @@ fn moved_hosts_sql(select: &str, condition: &str) -> String {
     )
 }
 
-/// The moved hosts not on their desired level yet (`$2`: the rollout's level, `$3`: silent
-/// before): on their way to it (of which those in flight: still heard from, no failed apply
-/// since the move), or sent back and still on it.
-fn unsettled_sql() -> String {
-    moved_hosts_sql(
-        "COALESCE(SUM(CASE WHEN h.level IS NULL OR h.level <> $2 THEN 1 ELSE 0 END), 0) AS on_the_way, \
-         COALESCE(SUM(CASE WHEN (h.level IS NULL OR h.level <> $2) AND h.last_seen_ms >= $3 \
-           AND NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.host_id = h.id AND o.level = $2 \
-           AND o.at_ms >= rh.moved_ms AND o.result NOT IN ('applied', 'forced')) \
-           THEN 1 ELSE 0 END), 0) AS in_flight, \
-         COALESCE(SUM(CASE WHEN h.level = $2 THEN 1 ELSE 0 END), 0) AS still_on",
-        "h.level IS DISTINCT FROM h.desired",
-    )
-}
+/// The hosts rollout `$1` moved that are not on their desired level yet: on their way to its
+/// level (`$2`), or sent back and still on it. Counted in the partial index of unsettled hosts
+/// by rollout alone (migration 0007), whose entries are these hosts: no row is read, however
+/// many a large wave leaves unsettled.
+const UNSETTLED_SQL: &str = "SELECT \
+     COALESCE(SUM(CASE WHEN level IS NULL OR level <> $2 THEN 1 ELSE 0 END), 0) AS on_the_way, \
+     COALESCE(SUM(CASE WHEN level = $2 THEN 1 ELSE 0 END), 0) AS still_on \
+     FROM hosts WHERE rollout_id = $1 AND level IS DISTINCT FROM desired";
+
+/// Of the hosts on their way to rollout `$1`'s level (`$2`), those held up: silent since `$3`,
+/// or with a failed apply of the level since their move. The rest are in flight. Found from
+/// the few silent hosts (by last check-in) and failed outcomes (a partial index), each host
+/// then looked up by key; `CROSS JOIN` fixes that order on SQLite.
+const HELD_UP_SQL: &str = "SELECT COUNT(*) AS n FROM \
+     (SELECT id FROM hosts WHERE last_seen_ms < $3 \
+      UNION SELECT o.host_id AS id FROM outcomes o CROSS JOIN rollout_hosts rh \
+      WHERE o.level = $2 AND o.result NOT IN ('applied', 'forced') \
+      AND rh.rollout_id = $1 AND rh.host_id = o.host_id AND o.at_ms >= rh.moved_ms) AS held \
+     CROSS JOIN hosts h WHERE h.id = held.id AND h.rollout_id = $1 \
+     AND h.level IS DISTINCT FROM h.desired AND (h.level IS NULL OR h.level <> $2)";
 
 /// The place of a host in a rollout's order.
-/// Moves the hosts `$3...` (`n` of them) to level `$1` if they are still on stream `$2`, and
-/// stamps them (see [`STAMP`]). The stream is compared as an expression on purpose: SQLite,
-/// without statistics, would rather read the stream's index (which every host of the stream
-/// matches) than the primary key, and each chunk of a wave would scan the whole stream; a
-/// million-host stream's 250,000-host wave took minutes, holding the write lock.
+/// Moves the hosts `$4...` (`n` of them) to level `$1` for rollout `$3` if they are still on
+/// stream `$2`, and stamps them (see [`STAMP`]). The stream is compared as an expression on
+/// purpose: SQLite, without statistics, would rather read the stream's index (which every
+/// host of the stream matches) than the primary key, and each chunk of a wave would scan the
+/// whole stream; a million-host stream's 250,000-host wave took minutes, holding the write
+/// lock.
 fn move_hosts_sql(n: usize) -> String {
     format!(
-        "UPDATE hosts SET desired = $1, {STAMP} WHERE revoked_ms IS NULL AND stream || '' = $2 \
-         AND id IN ({})",
-        placeholders(3, n)
+        "UPDATE hosts SET desired = $1, rollout_id = $3, {STAMP} WHERE revoked_ms IS NULL \
+         AND stream || '' = $2 AND id IN ({})",
+        placeholders(4, n)
     )
 }
 
@@ -958,7 +973,7 @@ mod tests {
                 .cloned()
                 .collect::<Vec<_>>()
         };
-        let moved = sqlite_plan(&move_hosts_sql(500), 502);
+        let moved = sqlite_plan(&move_hosts_sql(500), 503);
         let sent_back = sqlite_plan(&send_back_sql(" AND wave = $3"), 3);
         for plan in [&moved, &sent_back] {
             let hosts = searches(plan);
@@ -969,11 +984,45 @@ mod tests {
         }
     }
 
+    /// The bug: a million-host rollout's last wave left 670,000 hosts unsettled, and counting
+    /// them looked each one's rollout row and outcomes up: 12 s a count, every driver tick and
+    /// every status. The count now reads the partial index alone, and the hosts held up
+    /// (silent, failed) are found from their own few.
+    #[test]
+    fn counting_a_waves_unsettled_hosts_reads_no_host_row() {
+        let unsettled = sqlite_plan(UNSETTLED_SQL, 2);
+        assert!(
+            unsettled.len() == 1
+                && unsettled[0].contains("COVERING INDEX hosts_unsettled_by_rollout"),
+            "unsettled hosts not counted in their index alone: {unsettled:?}"
+        );
+        let held_up = sqlite_plan(HELD_UP_SQL, 3);
+        for index in ["hosts_by_last_seen", "outcomes_failed"] {
+            assert!(
+                held_up.iter().any(|d| d.contains(index)),
+                "held-up hosts not found from {index}: {held_up:?}"
+            );
+        }
+        // The one scan is of the few held-up ids themselves.
+        assert!(
+            held_up
+                .iter()
+                .all(|d| !d.starts_with("SCAN") || d == "SCAN held"),
+            "a table scanned: {held_up:?}"
+        );
+        assert!(
+            held_up
+                .iter()
+                .any(|d| d.starts_with("SEARCH h USING INDEX sqlite_autoindex_hosts_1")),
+            "held-up hosts not looked up by key: {held_up:?}"
+        );
+    }
+
     #[test]
     fn a_rollouts_counts_read_indexes_not_every_moved_host() {
         let counts = [
             (TREATED_SQL.to_string(), 1, "rollout_hosts_moved"),
-            (unsettled_sql(), 3, "hosts_unsettled"),
+            (UNSETTLED_SQL.to_string(), 2, "hosts_unsettled_by_rollout"),
             (
                 moved_hosts_sql("COUNT(*) AS n", KERNEL_ERRORS),
                 2,
