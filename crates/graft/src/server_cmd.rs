@@ -57,7 +57,8 @@ pub enum ServerCommand {
         /// A host's check-in time is written once it is this far past the written one, not at
         /// every check-in (the fleet's most frequent event; a million hosts checking in every
         /// minute would rewrite 17,000 rows a second). The lost-host gate allows for it: a
-        /// host counts as lost once silent for a rollout's lost-after plus this.
+        /// host counts as lost between a rollout's lost-after and lost-after plus this after
+        /// its last check-in.
         #[arg(long, value_name = "MS", default_value_t = graft_server::DEFAULT_LAST_SEEN_RESOLUTION.as_millis() as u64)]
         last_seen_resolution_ms: u64,
         /// Most hosts per side (treated, control) whose health a rollout's gates read and

@@ -895,7 +895,6 @@ const HELD_UP_SQL: &str = "SELECT COUNT(*) AS n FROM \
      CROSS JOIN hosts h WHERE h.id = held.id AND h.rollout_id = $1 \
      AND h.level IS DISTINCT FROM h.desired AND (h.level IS NULL OR h.level <> $2)";
 
-/// The place of a host in a rollout's order.
 /// Moves the hosts `$4...` (`n` of them) to level `$1` for rollout `$3` if they are still on
 /// stream `$2`, and stamps them (see [`STAMP`]). The stream is compared as an expression on
 /// purpose: SQLite, without statistics, would rather read the stream's index (which every
@@ -921,6 +920,7 @@ fn send_back_sql(wave_clause: &str) -> String {
     )
 }
 
+/// The place of a host in a rollout's order.
 fn order_key(rollout: &str, host: &str) -> String {
     let digest = Sha256::digest(format!("{rollout}\n{host}").as_bytes());
     hex::encode(&digest[..8])
